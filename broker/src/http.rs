@@ -1,0 +1,283 @@
+//! HTTP/1.1 request heads, incrementally and with hard limits.
+//!
+//! Every connection starts here: a WebSocket upgrade, a health check or
+//! (later) a publish or poll. `httparse` does the tokenizing; this module
+//! adds what a server facing the internet needs around it: a head-size and
+//! header-count limit enforced before any allocation grows, and a scan that
+//! only re-parses once the blank line has arrived, so a client trickling a
+//! byte at a time costs O(n), not O(n^2).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::HttpError;
+
+/// Limits on a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Bytes up to and including the blank line.
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_head: 8 * 1024,
+            max_headers: 32,
+        }
+    }
+}
+
+/// A parsed request head. Header names keep their case; look-ups ignore it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent, query included.
+    pub target: String,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Request {
+    /// The path without the query string.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The query string, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every header with this name, in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether any header `name` holds `token` in its comma-separated list
+    /// (case-insensitive), as `Connection: keep-alive, Upgrade` does.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers_named(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+}
+
+/// Finds the end of a head: the index just past the blank line. Accepts
+/// bare LF line endings as httparse does. `from` is where to resume.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match &buf[nl + 1..] {
+            [b'\n', ..] => return Some(nl + 2),
+            [b'\r', b'\n', ..] => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Incremental request-head parser; keep one per connection until the head
+/// is complete.
+#[derive(Debug, Default)]
+pub struct HeadParser {
+    scanned: usize,
+}
+
+impl HeadParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tries to parse a request head from the front of `buf`.
+    ///
+    /// `Ok(None)`: incomplete, read more. `Ok(Some((req, n)))`: the head was
+    /// `buf[..n]`; what follows is body or WebSocket frames.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: HeadLimits,
+    ) -> Result<Option<(Request, usize)>, HttpError> {
+        // Resume a little before where we stopped: the terminator may
+        // straddle two reads.
+        let from = self.scanned.saturating_sub(3).min(buf.len());
+        let Some(end) = find_head_end(buf, from) else {
+            if buf.len() > limits.max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            self.scanned = buf.len();
+            return Ok(None);
+        };
+        if end > limits.max_head {
+            return Err(HttpError::HeadTooLarge);
+        }
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..end]) {
+            Ok(httparse::Status::Complete(n)) => {
+                let request = Request {
+                    method: req.method.unwrap_or_default().to_string(),
+                    target: req.path.unwrap_or_default().to_string(),
+                    version: req.version.unwrap_or(0),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), h.value.to_vec()))
+                        .collect(),
+                };
+                self.scanned = 0;
+                Ok(Some((request, n)))
+            }
+            Ok(httparse::Status::Partial) => Err(HttpError::Malformed),
+            Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
+            Err(_) => Err(HttpError::Malformed),
+        }
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A complete HTTP/1.1 response with a `Content-Length` body.
+pub fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(128 + body.len());
+    out.put_slice(format!("HTTP/1.1 {status} {}\r\n", status_text(status)).as_bytes());
+    for (name, value) in headers {
+        out.put_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.put_slice(body);
+    out.freeze()
+}
+
+impl HttpError {
+    /// The full response reporting this error; the connection is closed
+    /// after it.
+    pub fn to_response(self) -> Bytes {
+        let body = format!("{}\n", self.reason());
+        let mut headers = vec![
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Connection", "close"),
+        ];
+        match self {
+            HttpError::UnsupportedVersion => {
+                headers.push(("Sec-WebSocket-Version", "13"));
+                headers.push(("Upgrade", "websocket"));
+            }
+            HttpError::MethodNotAllowed => headers.push(("Allow", "GET")),
+            _ => {}
+        }
+        response(self.status(), &headers, body.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &[u8] = b"GET /echo?x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\nFRAME";
+
+    #[test]
+    fn parses_at_every_split() {
+        for cut in 0..REQ.len() {
+            let mut p = HeadParser::new();
+            let first = p.parse(&REQ[..cut], HeadLimits::default()).unwrap();
+            let head_len = REQ.len() - 5;
+            if cut < head_len {
+                assert!(first.is_none(), "cut {cut}");
+                let (req, n) = p.parse(REQ, HeadLimits::default()).unwrap().unwrap();
+                assert_eq!(n, head_len);
+                assert_eq!(req.path(), "/echo");
+                assert_eq!(req.query(), Some("x=1"));
+                assert!(req.has_token("connection", "upgrade"));
+                assert!(req.has_token("UPGRADE", "WebSocket"));
+                assert!(!req.has_token("connection", "close"));
+            }
+        }
+    }
+
+    #[test]
+    fn bare_lf_heads_are_accepted() {
+        let mut p = HeadParser::new();
+        let (req, n) = p
+            .parse(b"GET / HTTP/1.1\nHost: x\n\n", HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 24);
+        assert_eq!(req.header("host"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn limits() {
+        let limits = HeadLimits {
+            max_head: 64,
+            max_headers: 2,
+        };
+        let mut p = HeadParser::new();
+        let long = [b'a'; 100];
+        assert_eq!(p.parse(&long, limits), Err(HttpError::HeadTooLarge));
+        let many = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(
+            HeadParser::new().parse(many, limits),
+            Err(HttpError::TooManyHeaders)
+        );
+        let big_complete = format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(60));
+        assert_eq!(
+            HeadParser::new().parse(big_complete.as_bytes(), limits),
+            Err(HttpError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for bad in [
+            &b"\x16\x03\x01 TLS hello\r\n\r\n"[..],
+            b"GET\r\n\r\n",
+            b"GET / HTTP/9.9\r\n\r\n",
+        ] {
+            assert_eq!(
+                HeadParser::new().parse(bad, HeadLimits::default()),
+                Err(HttpError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_responses_are_complete() {
+        let r = HttpError::UnsupportedVersion.to_response();
+        let text = std::str::from_utf8(&r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+}

@@ -1,0 +1,25 @@
+//! ringcast: a sharded, thread-per-core WebSocket push broker.
+//!
+//! The crate has two layers, and the line between them is the point:
+//!
+//! - **Protocol** ([`http`], [`handshake`], [`frame`], [`mask`], [`utf8`],
+//!   [`close`], [`websocket`]): sans-I/O state machines. Bytes in, events
+//!   out; no sockets, no clocks, no runtime. They serve the broker (server
+//!   role) and the load generator (client role) and are tested
+//!   deterministically.
+//! - **Runtime** ([`runtime`]): the only module that knows about
+//!   `tokio-uring`: shards, listeners, the per-connection reader and writer
+//!   tasks.
+
+pub mod close;
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod mask;
+pub mod runtime;
+pub mod utf8;
+pub mod websocket;
+
+pub use error::{Error, HttpError, ProtocolError};
