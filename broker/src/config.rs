@@ -1,1 +1,281 @@
+//! Broker configuration: every limit and timeout, with the defaults the
+//! binary runs with when given no flags.
+//!
+//! Sizes accept `4096`, `64KiB`, `16MiB`; durations accept `250ms`, `10s`,
+//! `2m` (a bare number is seconds).
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::http::HeadLimits;
+use crate::websocket::Limits;
+
+/// Parses `16MiB`, `64KiB`, `4096`, `1GiB` (also `KB`/`MB`, as binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 4096, 64KiB, 16MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+    })
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `ringcast` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "Sharded io_uring WebSocket push broker"
+)]
+pub struct Config {
+    /// Address to listen on (one SO_REUSEPORT listener per shard). Port 0
+    /// picks a free port; the chosen address is printed at start-up.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of shards (threads, each with its own io_uring). Default: one
+    /// per available core.
+    #[arg(long, default_value_t = default_shards())]
+    pub shards: usize,
+
+    /// Pin shard N to core N (mod the number of cores).
+    #[arg(long)]
+    pub pin_cores: bool,
+
+    /// Connections per shard; past it new connections get `503`.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_connections: usize,
+
+    /// Time a client has to complete its HTTP request head (slowloris guard).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// Send a ping after this long without hearing from a WebSocket client.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub ping_interval: Duration,
+
+    /// Drop a WebSocket client that sent nothing (not even a pong) for this long.
+    #[arg(long, value_parser = parse_duration, default_value = "75s")]
+    pub idle_timeout: Duration,
+
+    /// After our close frame (or an HTTP error), how long to wait for the
+    /// peer's close before dropping the TCP connection.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for clients to finish closing.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_grace: Duration,
+
+    /// Largest accepted frame payload; above it, close 1009.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    pub max_frame_size: usize,
+
+    /// Largest accepted message (all fragments); above it, close 1009.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    pub max_message_size: usize,
+
+    /// Largest HTTP request head; above it, `431`.
+    #[arg(long, value_parser = parse_size, default_value = "8KiB")]
+    pub max_head_size: usize,
+
+    /// Most header lines in an HTTP request; above it, `431`.
+    #[arg(long, default_value_t = 32)]
+    pub max_headers: usize,
+
+    /// Bytes queued for one connection's socket before its producer waits
+    /// (echo) or the slow-consumer policy applies (pub/sub).
+    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    pub outbox_size: usize,
+
+    /// Read size per socket read; grown temporarily for large frames.
+    #[arg(long, value_parser = parse_size, default_value = "4KiB")]
+    pub read_buffer: usize,
+
+    /// Allowed `Origin` values, comma-separated. Empty: any origin.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Subprotocols the server accepts, in preference order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub subprotocols: Vec<String>,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `ringcast=debug`.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["ringcast"])
+    }
+}
+
+impl Config {
+    /// Rejects combinations that cannot work, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--shards", self.shards),
+            ("--max-connections", self.max_connections),
+            ("--max-frame-size", self.max_frame_size),
+            ("--max-message-size", self.max_message_size),
+            ("--max-headers", self.max_headers),
+            ("--outbox-size", self.outbox_size),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        if self.shards > 1024 {
+            return Err("--shards must be at most 1024".into());
+        }
+        if self.max_head_size < 128 {
+            return Err("--max-head-size must be at least 128 bytes".into());
+        }
+        if self.read_buffer < 512 {
+            return Err("--read-buffer must be at least 512 bytes".into());
+        }
+        if self.max_frame_size > self.max_message_size {
+            return Err("--max-frame-size must not exceed --max-message-size".into());
+        }
+        for (flag, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--close-timeout", self.close_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err("--idle-timeout must be longer than --ping-interval".into());
+        }
+        Ok(())
+    }
+
+    pub fn ws_limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame_size,
+            max_message: self.max_message_size,
+        }
+    }
+
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_head: self.max_head_size,
+            max_headers: self.max_headers,
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "(any)".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        writeln!(f, "  listen             {}", self.listen)?;
+        writeln!(
+            f,
+            "  shards             {}{}",
+            self.shards,
+            if self.pin_cores { " (pinned)" } else { "" }
+        )?;
+        writeln!(f, "  max-connections    {} per shard", self.max_connections)?;
+        writeln!(f, "  handshake-timeout  {:?}", self.handshake_timeout)?;
+        writeln!(f, "  ping-interval      {:?}", self.ping_interval)?;
+        writeln!(f, "  idle-timeout       {:?}", self.idle_timeout)?;
+        writeln!(f, "  close-timeout      {:?}", self.close_timeout)?;
+        writeln!(f, "  shutdown-grace     {:?}", self.shutdown_grace)?;
+        writeln!(f, "  max-frame-size     {} bytes", self.max_frame_size)?;
+        writeln!(f, "  max-message-size   {} bytes", self.max_message_size)?;
+        writeln!(f, "  max-head-size      {} bytes", self.max_head_size)?;
+        writeln!(f, "  max-headers        {}", self.max_headers)?;
+        writeln!(f, "  outbox-size        {} bytes", self.outbox_size)?;
+        writeln!(f, "  read-buffer        {} bytes", self.read_buffer)?;
+        writeln!(f, "  allowed-origins    {}", list(&self.allowed_origins))?;
+        let protocols = if self.subprotocols.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.subprotocols.join(",")
+        };
+        write!(f, "  subprotocols       {protocols}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_flags_parse() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        let c = Config::try_parse_from(["ringcast", "--listen", "127.0.0.1:0", "--shards", "4"])
+            .unwrap();
+        assert_eq!(c.shards, 4);
+    }
+
+    #[test]
+    fn invalid_values_name_the_flag() {
+        let c = Config::try_parse_from(["ringcast", "--shards", "0"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--shards"));
+        let c =
+            Config::try_parse_from(["ringcast", "--idle-timeout", "5s", "--ping-interval", "10s"])
+                .unwrap();
+        assert!(c.validate().unwrap_err().contains("--idle-timeout"));
+        assert!(Config::try_parse_from(["ringcast", "--max-frame-size", "lots"]).is_err());
+    }
+}

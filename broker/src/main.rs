@@ -1,1 +1,60 @@
-fn main() {}
+//! The `ringcast` broker binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringcast::config::Config;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(e) = config.validate() {
+        eprintln!("ringcast: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
+        eprintln!(
+            "ringcast: invalid --log filter {:?} ({e}); using info",
+            config.log
+        );
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Registered before the shards start, so an early signal is not lost.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "ringcast {} starting with:\n{config}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("  unmask             {}", ringcast::mask::implementation());
+    let server = match ringcast::runtime::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("ringcast listening on {}", server.local_addr());
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    server.shutdown();
+    server.join();
+    println!("ringcast stopped");
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,157 @@
+//! The runtime: the only module that knows about `tokio-uring`.
+//!
+//! [`start`] binds one SO_REUSEPORT listener per shard, starts one OS
+//! thread per shard running its own io_uring event loop, and returns once
+//! every shard accepts. [`Server::shutdown`] stops accepting, sends close
+//! 1001 to every WebSocket and waits a bounded time.
+//!
+//! The rules tokio-uring imposes (see DEVELOPERS.md), and where they live:
+//! 1. No in-flight read, write or accept future is ever dropped: each
+//!    connection's reader ([`conn`]) and writer ([`outbox`]) and each
+//!    shard's acceptor run to completion; timeouts and shutdown act through
+//!    `shutdown()` on the socket from the shard's sweeper ([`shard`]).
+//! 2. One writer task per connection drains a bounded queue of `Bytes`
+//!    with `writev`, resubmitting partial writes.
+//! 3. Listeners are built with socket2 ([`listener`]).
+//! 4. `Bytes` is the I/O buffer type, so one encoded frame can be queued
+//!    for many sockets.
 
+pub mod conn;
+pub mod listener;
+pub mod outbox;
+pub mod shard;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// The little that shards share: readiness and the shutdown signal.
+#[derive(Debug)]
+pub struct Shared {
+    shards: usize,
+    ready: AtomicUsize,
+}
+
+impl Shared {
+    fn shard_ready(&self) {
+        self.ready.fetch_add(1, Ordering::Release);
+    }
+
+    /// Every shard is accepting (what `/healthz` reports).
+    pub fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) >= self.shards
+    }
+}
+
+/// A running broker.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The address every shard listens on (the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every connection (1001), then lets the
+    /// shards exit; [`Server::join`] waits for them.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for every shard thread to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pin_to_core(shard: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0, ..) affects
+    // only the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(shard % cores, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Starts the broker; returns once every shard is accepting.
+pub fn start(config: Config) -> Result<Server, Error> {
+    config.validate().map_err(Error::Config)?;
+    let listeners = listener::bind_all(config.listen, config.shards, 4096)?;
+    let addr = listeners[0].local_addr()?;
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        shards: config.shards,
+        ready: AtomicUsize::new(0),
+    });
+    let (tx, rx) = watch::channel(false);
+    let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(config.shards);
+    for (id, l) in listeners.into_iter().enumerate() {
+        let (config, shared, rx, started) = (
+            config.clone(),
+            shared.clone(),
+            rx.clone(),
+            started_tx.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if config.pin_cores {
+                    pin_to_core(id);
+                }
+                let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024));
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ =
+                            started.send(Err(format!("shard {id}: io_uring setup failed: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let _ = started.send(Ok(()));
+                    shard::run(id, l, config, shared, rx).await
+                });
+            })?;
+        threads.push(thread);
+    }
+    drop(started_tx);
+    for _ in 0..threads.len() {
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = tx.send(true);
+                return Err(Error::Io(std::io::Error::other(e)));
+            }
+            Err(_) => {
+                let _ = tx.send(true);
+                return Err(Error::Io(std::io::Error::other(
+                    "a shard thread died at start-up",
+                )));
+            }
+        }
+    }
+    // The shards count themselves ready once their acceptor is spawned.
+    while !shared.all_ready() {
+        std::thread::yield_now();
+    }
+    Ok(Server {
+        addr,
+        shutdown: tx,
+        threads,
+    })
+}
