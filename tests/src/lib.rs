@@ -1,1 +1,279 @@
+//! Harness for the end-to-end tests: starts the real `ringcast` binary on
+//! an ephemeral loopback port and offers blocking, timeout-bounded socket
+//! helpers that speak raw RFC 6455 (built on the crate's own client-role
+//! codec, so tests can also send what no well-behaved client would).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringcast::frame::{encode_frame, FrameHeader, OpCode};
+use ringcast::handshake::ClientHandshake;
+
+/// Every blocking read in the harness gives up after this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the release `ringcast` binary, built once per test process
+/// (`RINGCAST_BIN` overrides). Release, because the tests push 16 MiB
+/// messages and the binary under test should be the one users run.
+pub fn broker_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("RINGCAST_BIN") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "ringcast",
+                "--bin",
+                "ringcast",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "cargo build of ringcast failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"]["name"] == "ringcast")
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no ringcast executable")
+    })
+    .clone()
+}
+
+/// A running broker process, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Everything the broker printed on stdout up to "listening on".
+    pub banner: String,
+}
+
+impl Broker {
+    /// Starts `ringcast --listen 127.0.0.1:0 ARGS...` and waits until it
+    /// prints its address.
+    pub fn start(args: &[&str]) -> Broker {
+        Self::try_start(args).unwrap_or_else(|e| panic!("broker did not start: {e}"))
+    }
+
+    /// Like [`Broker::start`] but returns what went wrong (for tests of
+    /// start-up failures).
+    pub fn try_start(args: &[&str]) -> Result<Broker, String> {
+        let mut cmd = Command::new(broker_binary());
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                banner.push_str(&line);
+                banner.push('\n');
+                if let Some(addr) = line.strip_prefix("ringcast listening on ") {
+                    let _ = tx.send(Ok((addr.trim().to_string(), banner.clone())));
+                }
+            }
+            let _ = tx.send(Err(banner));
+        });
+        match rx.recv_timeout(IO_TIMEOUT) {
+            Ok(Ok((addr, banner))) => Ok(Broker {
+                child,
+                addr: addr
+                    .parse()
+                    .map_err(|e| format!("bad address {addr}: {e}"))?,
+                banner,
+            }),
+            other => {
+                let _ = child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                let _ = child.wait();
+                Err(format!("{other:?}; stderr: {err}"))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Collected stderr (only after the process exited).
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP connection with the harness's timeouts.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends a raw HTTP request and reads the full response until the server
+/// closes (every non-upgrade response in ringcast ends the connection).
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = tcp(addr);
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A raw WebSocket client: the handshake done, frames in and out by hand.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawWs {
+    /// Opens a WebSocket to `path`, verifying the server's accept key.
+    pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        let mut stream = tcp(addr);
+        let (hs, request) = ClientHandshake::new(&addr.to_string(), path, &[]);
+        stream.write_all(&request).unwrap();
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some((n, _)) = hs.parse_response(&buf, 8192).expect("upgrade accepted") {
+                let _ = buf.split_to(n);
+                return RawWs { stream, buf };
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).expect("read handshake response");
+            assert!(n > 0, "server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Writes raw bytes (possibly a deliberately broken frame).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
+        self.send_raw(&client_frame(fin, opcode, payload));
+    }
+
+    /// Reads the next frame: (fin, opcode, payload). `None` if the server
+    /// closed the TCP connection first.
+    pub fn read_frame(&mut self) -> Option<(bool, OpCode, Vec<u8>)> {
+        loop {
+            if let Some((h, n)) =
+                FrameHeader::decode(&self.buf).expect("server sent a valid header")
+            {
+                assert!(h.mask.is_none(), "server frames must not be masked");
+                let total = n + h.payload_len as usize;
+                if self.buf.len() >= total {
+                    let frame = self.buf.split_to(total);
+                    return Some((h.fin, h.opcode, frame[n..].to_vec()));
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code (None: no code)
+    /// and reason. Panics if the TCP connection ends without one.
+    pub fn expect_close(&mut self) -> (Option<u16>, String) {
+        loop {
+            match self.read_frame() {
+                Some((_, OpCode::Close, p)) => {
+                    let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned();
+                    return (code, reason);
+                }
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// After the close handshake: the server must end the TCP connection.
+    pub fn expect_eof(&mut self) {
+        let mut b = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("expected EOF, got {e}"),
+            }
+        }
+    }
+}
+
+/// One masked client frame.
+pub fn client_frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(&mut out, fin, opcode, Some(rand_key()), payload);
+    out.to_vec()
+}
+
+fn rand_key() -> [u8; 4] {
+    let t = Instant::now().elapsed().as_nanos() as u32 ^ std::process::id();
+    let x = t.wrapping_mul(0x9e37_79b9) | 1;
+    x.to_be_bytes()
+}
