@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every test ringcast has: format and lint, unit + property + end-to-end
+# + interop tests, the Autobahn|Testsuite conformance run against /echo, and
+# the fuzz-corpus replay (plus a short live fuzz run when FUZZ_SECONDS > 0).
+# Installs what the tests need (Python `websockets`, the Autobahn suite).
+#
+#   scripts/test.sh                 # everything, fuzz replay only
+#   FUZZ_SECONDS=20 scripts/test.sh # plus 20 s of libFuzzer per target
+#
+# Reports (Autobahn HTML + index.json) go to ${OUT:-target/test-reports}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-target/test-reports}
+FUZZ_SECONDS=${FUZZ_SECONDS:-0}
+mkdir -p "$OUT"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "python test dependencies"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release (the binaries under test)"
+cargo build --release -p ringcast -p ringcast-loadgen
+
+step "cargo test --workspace (unit, property, end-to-end, interop)"
+RINGCAST_BIN="$PWD/target/release/ringcast" cargo test --workspace
+
+step "Autobahn|Testsuite 1.* - 10.* against /echo"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/ringcast --listen "127.0.0.1:$port" --shards 2 >"$OUT/autobahn-broker.log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+status=0
+.ci/autobahn.sh "ws://127.0.0.1:$port/echo" "$OUT/autobahn" || status=$?
+kill -TERM $broker
+wait $broker || { echo "broker exited non-zero after SIGTERM"; status=1; }
+trap - EXIT
+[ $status -eq 0 ] || exit $status
+
+step "fuzz targets (corpus replay${FUZZ_SECONDS:+, ${FUZZ_SECONDS}s live per target})"
+fuzz/run.sh "$FUZZ_SECONDS"
+
+step "all tests passed"
