@@ -12,6 +12,7 @@
 //!   tasks.
 
 pub mod close;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod frame;
@@ -19,6 +20,7 @@ pub mod handshake;
 pub mod http;
 pub mod mask;
 pub mod runtime;
+pub mod topic;
 pub mod utf8;
 pub mod websocket;
 
