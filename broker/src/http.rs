@@ -91,6 +91,18 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Incomplete heads up to this length are checked for plausibility.
+const EARLY_CHECK_LEN: usize = 1024;
+
+/// Whether an incomplete head could still turn into a valid request.
+fn could_be_request(partial: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    match httparse::Request::new(&mut headers).parse(partial) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => true,
+        Err(_) => false,
+    }
+}
+
 /// Incremental request-head parser; keep one per connection until the head
 /// is complete.
 #[derive(Debug, Default)]
@@ -118,6 +130,12 @@ impl HeadParser {
         let Some(end) = find_head_end(buf, from) else {
             if buf.len() > limits.max_head {
                 return Err(HttpError::HeadTooLarge);
+            }
+            // Refuse what can never become a request (a TLS ClientHello, a
+            // binary probe) now rather than at the handshake timeout. Only
+            // while the head is short, so trickled input stays cheap.
+            if buf.len() <= EARLY_CHECK_LEN && !could_be_request(buf) {
+                return Err(HttpError::Malformed);
             }
             self.scanned = buf.len();
             return Ok(None);
@@ -254,6 +272,29 @@ mod tests {
             HeadParser::new().parse(big_complete.as_bytes(), limits),
             Err(HttpError::HeadTooLarge)
         );
+    }
+
+    #[test]
+    fn garbage_is_refused_before_the_blank_line() {
+        for bad in [
+            &b"\x16\x03\x01\x02\x00\x01"[..],
+            b"\x00\x00",
+            b"GET / HTTP/1.1\r\nBad Header\r\n",
+        ] {
+            assert_eq!(
+                HeadParser::new().parse(bad, HeadLimits::default()),
+                Err(HttpError::Malformed),
+                "{bad:?}"
+            );
+        }
+        // A plausible prefix keeps waiting.
+        for ok in [&b"GE"[..], b"GET /ws HTTP/1.", b"GET / HTTP/1.1\r\nHost: a"] {
+            assert_eq!(
+                HeadParser::new().parse(ok, HeadLimits::default()),
+                Ok(None),
+                "{ok:?}"
+            );
+        }
     }
 
     #[test]

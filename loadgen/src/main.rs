@@ -22,7 +22,11 @@ use ringcast::websocket::{Event, Limits, Role, WebSocket};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringcast-loadgen", version, about = "Load generator for ringcast")]
+#[command(
+    name = "ringcast-loadgen",
+    version,
+    about = "Load generator for ringcast"
+)]
 struct Cli {
     /// The broker's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
@@ -83,7 +87,10 @@ impl Client {
         stream.write_all(&request).map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
-            if let Some((n, _)) = hs.parse_response(&buf, 8192).map_err(|e| format!("handshake: {e}"))? {
+            if let Some((n, _)) = hs
+                .parse_response(&buf, 8192)
+                .map_err(|e| format!("handshake: {e}"))?
+            {
                 let _ = buf.split_to(n);
                 break;
             }
@@ -95,13 +102,18 @@ impl Client {
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         let frame = self.ws.encode_message(opcode, payload);
-        self.stream.write_all(&frame).map_err(|e| format!("write: {e}"))
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| format!("write: {e}"))
     }
 
     /// The next data message (pings are answered on the way).
     fn recv(&mut self) -> Result<Event> {
         loop {
-            let ev = self.ws.poll(&mut self.buf).map_err(|e| format!("protocol: {e}"))?;
+            let ev = self
+                .ws
+                .poll(&mut self.buf)
+                .map_err(|e| format!("protocol: {e}"))?;
             if let Some(out) = self.ws.take_output() {
                 self.stream.write_all(&out).map_err(|e| e.to_string())?;
             }
@@ -131,7 +143,12 @@ struct EchoReport {
     rtts: Vec<Duration>,
 }
 
-fn echo_conn(authority: &str, messages: usize, payload: usize, window: usize) -> Result<EchoReport> {
+fn echo_conn(
+    authority: &str,
+    messages: usize,
+    payload: usize,
+    window: usize,
+) -> Result<EchoReport> {
     let mut c = Client::connect(authority, "/echo")?;
     let mut sent_at = std::collections::VecDeque::with_capacity(window);
     let mut rtts = Vec::with_capacity(messages);
@@ -185,14 +202,19 @@ fn run(cli: Cli) -> Result<()> {
             let mut rtts = Vec::new();
             let mut total = 0;
             for h in handles {
-                let r = h.join().map_err(|_| "a client thread panicked".to_string())??;
+                let r = h
+                    .join()
+                    .map_err(|_| "a client thread panicked".to_string())??;
                 total += r.messages;
                 rtts.extend(r.rtts);
             }
             let secs = start.elapsed().as_secs_f64();
             rtts.sort();
             println!("echo: {conns} conns x {messages} msgs x {payload} B, window {window}");
-            println!("  verified   {total} echoes in {secs:.2} s ({:.0} msg/s)", total as f64 / secs);
+            println!(
+                "  verified   {total} echoes in {secs:.2} s ({:.0} msg/s)",
+                total as f64 / secs
+            );
             println!(
                 "  round trip p50 {:?}  p99 {:?}  max {:?}",
                 percentile(&rtts, 0.50),

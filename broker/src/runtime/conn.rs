@@ -15,7 +15,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::debug;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, PushError};
 use super::shard::Shard;
 use crate::close::CloseCode;
 use crate::error::HttpError;
@@ -71,8 +71,10 @@ impl Conn {
         }
     }
 
-    /// Queues the protocol's pending output (pong, close). No waiting: these
-    /// are small and the protocol caps how many can pile up.
+    /// Queues the protocol's pending output (pong, close) behind any data
+    /// already queued, even past the outbox bound: a close or pong must not
+    /// be lost behind a large message. A peer that lets even these pile up
+    /// is not reading; it is cut off.
     fn flush_protocol_output(&self) {
         let out = self
             .ws
@@ -80,7 +82,11 @@ impl Conn {
             .as_mut()
             .and_then(WebSocket::take_output);
         if let Some(out) = out {
-            let _ = self.outbox.try_push(out);
+            if self.outbox.push_control(out) == Err(PushError::Full) {
+                debug!("peer does not read its control frames; dropping it");
+                self.outbox.close();
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 

@@ -23,6 +23,11 @@ use tokio_uring::net::TcpStream;
 /// Buffers handed to one `writev`; well under IOV_MAX.
 const MAX_IOVECS: usize = 64;
 
+/// Control-frame bytes that may be queued while the writer has not caught
+/// up. Pongs and closes must not be dropped behind a large message, but a
+/// peer that sends pings and never reads must not grow the queue forever.
+const CONTROL_SLACK: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -45,6 +50,8 @@ pub struct Outbox {
     queue: RefCell<VecDeque<Bytes>>,
     queued: Cell<usize>,
     limit: usize,
+    /// Control bytes queued since the queue was last empty.
+    control: Cell<usize>,
     state: Cell<State>,
     work: Notify,
     space: Notify,
@@ -56,6 +63,7 @@ impl Outbox {
             queue: RefCell::new(VecDeque::new()),
             queued: Cell::new(0),
             limit,
+            control: Cell::new(0),
             state: Cell::new(State::Open),
             work: Notify::new(),
             space: Notify::new(),
@@ -89,6 +97,22 @@ impl Outbox {
         if self.queued.get() > 0 && self.queued.get() + buf.len() > self.limit {
             return Err(PushError::Full);
         }
+        self.enqueue(buf);
+        Ok(())
+    }
+
+    /// Queues a protocol control frame (pong, close) behind whatever is
+    /// queued, ignoring the byte bound. Refused once [`CONTROL_SLACK`]
+    /// control bytes wait behind a queue that never empties: the peer is not
+    /// reading at all and the caller should drop it.
+    pub fn push_control(&self, buf: Bytes) -> Result<(), PushError> {
+        if self.state.get() != State::Open {
+            return Err(PushError::Closed);
+        }
+        if self.control.get() + buf.len() > CONTROL_SLACK {
+            return Err(PushError::Full);
+        }
+        self.control.set(self.control.get() + buf.len());
         self.enqueue(buf);
         Ok(())
     }
@@ -153,6 +177,9 @@ pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>) {
             return;
         }
         outbox.queued.set(outbox.queued.get().saturating_sub(batch));
+        if outbox.queue.borrow().is_empty() {
+            outbox.control.set(0);
+        }
         outbox.space.notify_one();
     }
 }
@@ -188,4 +215,56 @@ async fn write_all_vectored(stream: &TcpStream, iov: &mut Vec<Bytes>) -> bool {
     }
     *iov = bufs;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn data_is_bounded_but_one_oversized_buffer_fits_an_empty_queue() {
+        let o = Outbox::new(100);
+        assert_eq!(o.try_push(b(1000)), Ok(()));
+        assert_eq!(o.try_push(b(1)), Err(PushError::Full));
+        let o = Outbox::new(100);
+        assert_eq!(o.try_push(b(60)), Ok(()));
+        assert_eq!(o.try_push(b(40)), Ok(()));
+        assert_eq!(o.try_push(b(1)), Err(PushError::Full));
+        assert_eq!(o.queued_bytes(), 100);
+    }
+
+    #[test]
+    fn control_frames_pass_a_full_queue_up_to_the_slack() {
+        let o = Outbox::new(100);
+        o.try_push(b(10_000)).unwrap();
+        assert_eq!(o.try_push(b(10)), Err(PushError::Full));
+        assert_eq!(
+            o.push_control(b(125)),
+            Ok(()),
+            "a pong behind a large message"
+        );
+        let mut pushed = 125;
+        while o.push_control(b(125)).is_ok() {
+            pushed += 125;
+        }
+        assert!(pushed <= CONTROL_SLACK && pushed > CONTROL_SLACK - 125);
+    }
+
+    #[test]
+    fn closed_refuses_everything_and_drops_the_queue() {
+        let o = Outbox::new(100);
+        o.try_push(b(50)).unwrap();
+        o.close();
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+        assert_eq!(o.push_control(b(1)), Err(PushError::Closed));
+        let o = Outbox::new(100);
+        o.finish();
+        assert!(!o.is_open());
+        assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+    }
 }

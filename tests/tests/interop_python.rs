@@ -1,0 +1,126 @@
+//! Interoperability with an independent client in another language: the
+//! Python `websockets` library (asyncio API) runs `tests/interop/ws_client.py`
+//! against the real broker's `/echo` endpoint.
+//!
+//! Needs `python3` on PATH with `websockets` installed
+//! (`python3 -m pip install -r tests/interop/requirements.txt`). A missing
+//! module fails the test rather than skipping it: CI installs it.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ringcast_e2e::Broker;
+
+/// Bound on the whole Python run (it normally takes about a second).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on the import probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const INSTALL_HINT: &str = "python3 -m pip install -r tests/interop/requirements.txt";
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Runs `cmd` to completion, killing it after `limit`. On timeout the error
+/// holds whatever it printed so far.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    // Drain both pipes on threads so a chatty child never blocks on them.
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "{cmd:?} did not finish within {limit:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )),
+    }
+}
+
+/// Fails (never skips) unless `python3` can import the websockets asyncio
+/// client API.
+fn require_python_websockets() {
+    let mut probe = Command::new("python3");
+    probe.args([
+        "-c",
+        "import websockets, websockets.asyncio.client; print(websockets.__version__)",
+    ]);
+    let out = run_bounded(probe, PROBE_TIMEOUT).unwrap_or_else(|e| {
+        panic!(
+            "python3 is needed on PATH for the Python interop test: {e}\nthen run: {INSTALL_HINT}"
+        )
+    });
+    assert!(
+        out.status.success(),
+        "the Python `websockets` package (asyncio client API) is not installed for python3.\n\
+         Run: {INSTALL_HINT}\n--- python3 said ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_websockets_client_against_echo() {
+    require_python_websockets();
+    let broker = Broker::start(&["--shards", "2"]);
+
+    let mut cmd = Command::new("python3");
+    cmd.arg(interop_dir().join("ws_client.py"))
+        .arg(broker.url("/echo"))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_bounded(cmd, SCRIPT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "ws_client.py failed ({}); exit 3 means `websockets` is missing: {INSTALL_HINT}\n{report}",
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("python-websockets: ") && last.ends_with(" passed, 0 failed"),
+        "unexpected summary line {last:?}\n{report}"
+    );
+    // Echo the per-check lines (visible with --nocapture).
+    print!("{stdout}");
+}
