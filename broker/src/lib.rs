@@ -19,6 +19,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod mask;
+pub mod outbox;
 pub mod runtime;
 pub mod topic;
 pub mod utf8;

@@ -15,13 +15,13 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::debug;
 
-use super::outbox::{Outbox, PushError};
 use super::shard::Shard;
 use crate::close::CloseCode;
 use crate::error::HttpError;
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::handshake::{self, plain_response};
 use crate::http::{HeadParser, Request};
+use crate::outbox::{Outbox, PushError};
 use crate::websocket::{Event, Role, WebSocket};
 
 /// Reads of at most this much, even while a huge frame is arriving.

@@ -7,7 +7,7 @@
 //!
 //! The rules tokio-uring imposes (see DEVELOPERS.md), and where they live:
 //! 1. No in-flight read, write or accept future is ever dropped: each
-//!    connection's reader ([`conn`]) and writer ([`outbox`]) and each
+//!    connection's reader ([`conn`]) and writer ([`writer`]) and each
 //!    shard's acceptor run to completion; timeouts and shutdown act through
 //!    `shutdown()` on the socket from the shard's sweeper ([`shard`]).
 //! 2. One writer task per connection drains a bounded queue of `Bytes`
@@ -18,8 +18,8 @@
 
 pub mod conn;
 pub mod listener;
-pub mod outbox;
 pub mod shard;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -20,7 +20,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::conn::{self, Conn, Phase};
-use super::outbox::run_writer;
+use super::writer::run_writer;
 use super::Shared;
 use crate::close::CloseCode;
 use crate::config::Config;

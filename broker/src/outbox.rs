@@ -1,27 +1,20 @@
-//! A connection's outbound queue and the one task that writes it.
+//! A connection's outbound queue.
 //!
 //! Everything a connection sends (HTTP responses, protocol control frames,
-//! echoed or published messages) goes through its [`Outbox`]: a bounded
-//! queue of `Bytes` drained by a single writer task with `writev`. Because
-//! `Bytes` is an owned io_uring buffer (tokio-uring's `bytes` feature), a
-//! frame encoded once can sit in many outboxes and be written to many
-//! sockets without a copy.
+//! echoed or published messages) goes through its [`Outbox`]: a queue of
+//! `Bytes` bounded in bytes, drained by the connection's single writer task
+//! (`runtime::writer`). A published frame is encoded once and the same
+//! `Bytes` is pushed to every subscriber's outbox: a reference-count
+//! increment, not a copy.
 //!
-//! The writer is the only task that writes to the socket and it is never
-//! cancelled: an in-flight `writev` always runs to completion (tokio-uring
-//! does not cancel kernel operations when a future is dropped).
+//! The queue knows nothing of sockets; producers learn from the result of a
+//! push whether the consumer keeps up, and the caller applies its policy.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::net::Shutdown;
-use std::rc::Rc;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_uring::net::TcpStream;
-
-/// Buffers handed to one `writev`; well under IOV_MAX.
-const MAX_IOVECS: usize = 64;
 
 /// Control-frame bytes that may be queued while the writer has not caught
 /// up. Pongs and closes must not be dropped behind a large message, but a
@@ -29,7 +22,7 @@ const MAX_IOVECS: usize = 64;
 const CONTROL_SLACK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum State {
     Open,
     /// Write what is queued, then send FIN (half-close) and stop.
     Finishing,
@@ -138,6 +131,35 @@ impl Outbox {
         }
     }
 
+    pub fn state(&self) -> State {
+        self.state.get()
+    }
+
+    /// Moves up to `max` queued buffers into `out` for one write.
+    pub fn take_batch(&self, out: &mut Vec<Bytes>, max: usize) {
+        let mut q = self.queue.borrow_mut();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+
+    /// Waits until there is something to write or the state changes.
+    pub async fn wait_for_work(&self) {
+        self.work.notified().await
+    }
+
+    /// The writer finished writing `bytes` of what it took.
+    pub fn written(&self, bytes: usize) {
+        self.queued.set(self.queued.get().saturating_sub(bytes));
+        if self.is_empty() {
+            self.control.set(0);
+        }
+        self.space.notify_one();
+    }
+
     /// Stop writing at once.
     pub fn close(&self) {
         self.state.set(State::Closed);
@@ -146,75 +168,6 @@ impl Outbox {
         self.work.notify_one();
         self.space.notify_one();
     }
-}
-
-/// The writer task: drains `outbox` into `stream` until finished or closed.
-pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>) {
-    let mut iov: Vec<Bytes> = Vec::new();
-    loop {
-        loop {
-            let empty = outbox.queue.borrow().is_empty();
-            match outbox.state.get() {
-                State::Closed => return,
-                State::Finishing if empty => {
-                    let _ = stream.shutdown(Shutdown::Write);
-                    return;
-                }
-                _ if !empty => break,
-                State::Open => outbox.work.notified().await,
-                State::Finishing => unreachable!("handled above"),
-            }
-        }
-        {
-            let mut q = outbox.queue.borrow_mut();
-            let n = q.len().min(MAX_IOVECS);
-            iov.extend(q.drain(..n));
-        }
-        let batch: usize = iov.iter().map(Bytes::len).sum();
-        if !write_all_vectored(&stream, &mut iov).await {
-            outbox.close();
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
-        }
-        outbox.queued.set(outbox.queued.get().saturating_sub(batch));
-        if outbox.queue.borrow().is_empty() {
-            outbox.control.set(0);
-        }
-        outbox.space.notify_one();
-    }
-}
-
-/// Writes every buffer in `iov`, resubmitting after partial writes; leaves
-/// `iov` empty (its allocation is kept for the next batch). False on error.
-async fn write_all_vectored(stream: &TcpStream, iov: &mut Vec<Bytes>) -> bool {
-    let mut bufs = std::mem::take(iov);
-    while !bufs.is_empty() {
-        let (res, mut returned) = stream.writev(bufs).await;
-        let mut written = match res {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        // Drop the fully written buffers, trim the partially written one.
-        let full = returned
-            .iter()
-            .take_while(|b| {
-                if written >= b.len() {
-                    written -= b.len();
-                    true
-                } else {
-                    false
-                }
-            })
-            .count();
-        returned.drain(..full);
-        if written > 0 {
-            let first = &mut returned[0];
-            *first = first.slice(written..);
-        }
-        bufs = returned;
-    }
-    *iov = bufs;
-    true
 }
 
 #[cfg(test)]

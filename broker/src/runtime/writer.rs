@@ -1,0 +1,81 @@
+//! The one task per connection that writes its socket.
+//!
+//! It drains the connection's [`Outbox`] with `writev` (at most
+//! [`MAX_IOVECS`] buffers per call), resubmits after partial writes, and is
+//! never cancelled: an in-flight `writev` always runs to completion
+//! (tokio-uring does not cancel kernel operations when a future is
+//! dropped). `Bytes` is an owned io_uring buffer (tokio-uring's `bytes`
+//! feature), so a frame shared by many outboxes is written from the same
+//! memory to every socket.
+
+use std::net::Shutdown;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tokio_uring::net::TcpStream;
+
+use crate::outbox::{Outbox, State};
+
+/// Buffers handed to one `writev`; well under IOV_MAX.
+const MAX_IOVECS: usize = 64;
+
+/// The writer task: drains `outbox` into `stream` until finished or closed.
+pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>) {
+    let mut iov: Vec<Bytes> = Vec::new();
+    loop {
+        loop {
+            let empty = outbox.is_empty();
+            match outbox.state() {
+                State::Closed => return,
+                State::Finishing if empty => {
+                    let _ = stream.shutdown(Shutdown::Write);
+                    return;
+                }
+                _ if !empty => break,
+                State::Open => outbox.wait_for_work().await,
+                State::Finishing => unreachable!("handled above"),
+            }
+        }
+        outbox.take_batch(&mut iov, MAX_IOVECS);
+        let batch: usize = iov.iter().map(Bytes::len).sum();
+        if !write_all_vectored(&stream, &mut iov).await {
+            outbox.close();
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        outbox.written(batch);
+    }
+}
+
+/// Writes every buffer in `iov`, resubmitting after partial writes; leaves
+/// `iov` empty (its allocation is kept for the next batch). False on error.
+async fn write_all_vectored(stream: &TcpStream, iov: &mut Vec<Bytes>) -> bool {
+    let mut bufs = std::mem::take(iov);
+    while !bufs.is_empty() {
+        let (res, mut returned) = stream.writev(bufs).await;
+        let mut written = match res {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        // Drop the fully written buffers, trim the partially written one.
+        let full = returned
+            .iter()
+            .take_while(|b| {
+                if written >= b.len() {
+                    written -= b.len();
+                    true
+                } else {
+                    false
+                }
+            })
+            .count();
+        returned.drain(..full);
+        if written > 0 {
+            let first = &mut returned[0];
+            *first = first.slice(written..);
+        }
+        bufs = returned;
+    }
+    *iov = bufs;
+    true
+}
