@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod http;
 pub mod mask;
 pub mod outbox;
+pub mod reply;
 pub mod runtime;
 pub mod topic;
 pub mod utf8;

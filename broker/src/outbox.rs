@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -30,6 +31,17 @@ pub enum State {
     Closed,
 }
 
+/// The newest message of a topic that did not fit (conflate policy).
+#[derive(Debug)]
+struct Held {
+    topic: Arc<str>,
+    /// The first seq that went here; if `seq` is later, the messages from
+    /// `first` to `seq - 1` were skipped.
+    first: u64,
+    seq: u64,
+    frame: Bytes,
+}
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -45,6 +57,8 @@ pub struct Outbox {
     limit: usize,
     /// Control bytes queued since the queue was last empty.
     control: Cell<usize>,
+    /// Conflated messages waiting for room, one per topic.
+    held: RefCell<Vec<Held>>,
     state: Cell<State>,
     work: Notify,
     space: Notify,
@@ -57,6 +71,7 @@ impl Outbox {
             queued: Cell::new(0),
             limit,
             control: Cell::new(0),
+            held: RefCell::new(Vec::new()),
             state: Cell::new(State::Open),
             work: Notify::new(),
             space: Notify::new(),
@@ -110,6 +125,62 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues a published message. With `conflate`, a message that does
+    /// not fit (or whose topic already has one waiting) replaces the
+    /// topic's waiting message instead of being refused; when room returns
+    /// the client gets a `skipped` notice for what it missed, then the
+    /// newest message. Memory stays bounded by one frame per topic.
+    pub fn push_message(
+        &self,
+        topic: &Arc<str>,
+        seq: u64,
+        frame: Bytes,
+        conflate: bool,
+    ) -> Result<(), PushError> {
+        if conflate {
+            let mut held = self.held.borrow_mut();
+            if let Some(h) = held.iter_mut().find(|h| *h.topic == **topic) {
+                h.seq = seq;
+                h.frame = frame;
+                return Ok(());
+            }
+            drop(held);
+            return match self.try_push(frame.clone()) {
+                Err(PushError::Full) => {
+                    self.held.borrow_mut().push(Held {
+                        topic: topic.clone(),
+                        first: seq,
+                        seq,
+                        frame,
+                    });
+                    Ok(())
+                }
+                other => other,
+            };
+        }
+        self.try_push(frame)
+    }
+
+    /// Topics with a conflated message waiting.
+    pub fn held_topics(&self) -> usize {
+        self.held.borrow().len()
+    }
+
+    /// Moves conflated messages into the queue once it has drained to half
+    /// its bound, each after its `skipped` notice.
+    fn release_held(&self) {
+        if self.held.borrow().is_empty() || self.queued.get() > self.limit / 2 {
+            return;
+        }
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        for h in held {
+            if h.seq > h.first {
+                self.enqueue(crate::reply::skipped(&h.topic, h.first, h.seq - 1));
+            }
+            self.enqueue(h.frame);
+        }
+    }
+
     /// Queues, waiting for the writer to make room: backpressure for a
     /// producer that may wait (the connection's own reader). Returns false
     /// if the connection closed meanwhile.
@@ -157,6 +228,9 @@ impl Outbox {
         if self.is_empty() {
             self.control.set(0);
         }
+        if self.state.get() == State::Open {
+            self.release_held();
+        }
         self.space.notify_one();
     }
 
@@ -164,6 +238,7 @@ impl Outbox {
     pub fn close(&self) {
         self.state.set(State::Closed);
         self.queue.borrow_mut().clear();
+        self.held.borrow_mut().clear();
         self.queued.set(0);
         self.work.notify_one();
         self.space.notify_one();
@@ -205,6 +280,71 @@ mod tests {
             pushed += 125;
         }
         assert!(pushed <= CONTROL_SLACK && pushed > CONTROL_SLACK - 125);
+    }
+
+    fn drain(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            o.take_batch(&mut batch, 64);
+            if batch.is_empty() {
+                return out;
+            }
+            o.written(batch.iter().map(Bytes::len).sum());
+            out.extend(batch);
+        }
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_per_topic_and_reports_the_skip() {
+        let t: Arc<str> = Arc::from("ticker.A");
+        let u: Arc<str> = Arc::from("ticker.B");
+        let o = Outbox::new(200);
+        let frame = |topic: &str, seq| crate::reply::message(topic, seq, &[b'1'; 40]);
+        // Two ~90-byte messages fit in 200 bytes; the rest are conflated.
+        for seq in 1..=6 {
+            o.push_message(&t, seq, frame("ticker.A", seq), true)
+                .unwrap();
+        }
+        o.push_message(&u, 1, frame("ticker.B", 1), true).unwrap();
+        assert_eq!(o.held_topics(), 2);
+        assert!(o.queued_bytes() <= 200);
+        let text: Vec<String> = drain(&o)
+            .iter()
+            .map(|f| String::from_utf8_lossy(&crate::reply::message_json(f)).into_owned())
+            .collect();
+        let ops: Vec<String> = text
+            .iter()
+            .map(|j| {
+                let v: serde_json::Value = serde_json::from_str(j).unwrap();
+                format!(
+                    "{}:{}:{}",
+                    v["op"].as_str().unwrap(),
+                    v["topic"].as_str().unwrap(),
+                    v["seq"].as_u64().or(v["from"].as_u64()).unwrap()
+                )
+            })
+            .collect();
+        // seqs 1, 2 delivered; 3..=5 skipped (notice from 3); 6 is the newest.
+        assert_eq!(
+            ops,
+            [
+                "message:ticker.A:1",
+                "message:ticker.A:2",
+                "skipped:ticker.A:3",
+                "message:ticker.A:6",
+                "message:ticker.B:1"
+            ]
+        );
+        assert_eq!(o.held_topics(), 0);
+    }
+
+    #[test]
+    fn without_conflation_a_full_queue_refuses() {
+        let t: Arc<str> = Arc::from("t");
+        let o = Outbox::new(10);
+        o.push_message(&t, 1, b(10), false).unwrap();
+        assert_eq!(o.push_message(&t, 2, b(10), false), Err(PushError::Full));
     }
 
     #[test]

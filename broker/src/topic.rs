@@ -1,8 +1,15 @@
-//! Topic names (../shared/protocol.md, "Topics").
+//! Topics: their names (../shared/protocol.md, "Topics") and, on the shard
+//! that owns a topic, its sequence numbers and retained history.
 //!
-//! `[A-Za-z0-9_.:-]`, 1 to 255 bytes, dot-separated non-empty segments.
-//! Because the alphabet needs no JSON escaping, a validated topic can be
-//! copied into encoded messages as is.
+//! Names are `[A-Za-z0-9_.:-]`, 1 to 255 bytes, dot-separated non-empty
+//! segments. Because the alphabet needs no JSON escaping, a validated topic
+//! is copied into encoded messages as is.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::reply;
 
 /// Why a topic name was refused; the text goes into the `error` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,106 @@ pub fn validate(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Bounds on one topic's retained history.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// What a `subscribe` with `since` gets: an optional gap notice and the
+/// retained frames to replay, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// `Some(first)`: the client asked for `since + 1` but the oldest seq it
+    /// will get is `first` (history trimmed, or the topic was reset and its
+    /// seq is behind the client's `since`).
+    pub gap: Option<u64>,
+    pub frames: Vec<Bytes>,
+}
+
+/// The owner shard's state of one topic: the last seq assigned and the
+/// retained messages, each stored as the encoded frame that was sent.
+#[derive(Debug)]
+pub struct TopicLog {
+    last_seq: u64,
+    history: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Default for TopicLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TopicLog {
+    pub fn new() -> Self {
+        TopicLog {
+            last_seq: 0,
+            history: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The last seq assigned (0: nothing published yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Nothing retained.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+    }
+
+    pub fn retained(&self) -> (usize, usize) {
+        (self.history.len(), self.bytes)
+    }
+
+    /// Assigns the next seq, encodes the message frame once, retains it
+    /// within `limits`, and returns both.
+    pub fn publish(&mut self, topic: &str, data: &[u8], limits: HistoryLimits) -> (u64, Bytes) {
+        self.last_seq += 1;
+        let frame = reply::message(topic, self.last_seq, data);
+        if limits.max_messages > 0 && frame.len() <= limits.max_bytes {
+            self.history.push_back((self.last_seq, frame.clone()));
+            self.bytes += frame.len();
+            while self.history.len() > limits.max_messages || self.bytes > limits.max_bytes {
+                let (_, old) = self.history.pop_front().expect("non-empty");
+                self.bytes -= old.len();
+            }
+        } else {
+            // Not retainable: what is retained is older than this message,
+            // so a replay would skip it silently. Drop it all.
+            self.history.clear();
+            self.bytes = 0;
+        }
+        (self.last_seq, frame)
+    }
+
+    /// The messages a subscriber that has seen everything up to `since`
+    /// is missing, and whether some of them are gone.
+    pub fn replay(&self, since: u64) -> Replay {
+        let first_retained = self.history.front().map_or(self.last_seq + 1, |(s, _)| *s);
+        if since > self.last_seq {
+            // The client knows a later seq than exists: the topic was
+            // forgotten and restarted. Replay all we have, flagged.
+            return Replay {
+                gap: Some(first_retained),
+                frames: self.history.iter().map(|(_, f)| f.clone()).collect(),
+            };
+        }
+        let gap = (since + 1 < first_retained).then_some(first_retained);
+        let frames = self
+            .history
+            .iter()
+            .filter(|(s, _)| *s > since)
+            .map(|(_, f)| f.clone())
+            .collect();
+        Replay { gap, frames }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +180,80 @@ mod tests {
         for bad in [".a", "a.", "a..b", "."] {
             assert_eq!(validate(bad), Err(TopicError::EmptySegment), "{bad}");
         }
+    }
+
+    fn seqs(r: &Replay) -> Vec<u64> {
+        r.frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&reply::message_json(f)).unwrap();
+                v["seq"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seq_starts_at_one_and_grows_by_one() {
+        let mut log = TopicLog::new();
+        let limits = HistoryLimits {
+            max_messages: 3,
+            max_bytes: 1 << 20,
+        };
+        for want in 1..=5 {
+            assert_eq!(log.publish("t", b"1", limits).0, want);
+        }
+        assert_eq!(log.last_seq(), 5);
+        assert_eq!(log.retained().0, 3);
+    }
+
+    #[test]
+    fn replay_inside_and_outside_the_window() {
+        let mut log = TopicLog::new();
+        let limits = HistoryLimits {
+            max_messages: 3,
+            max_bytes: 1 << 20,
+        };
+        for _ in 0..5 {
+            log.publish("t", b"{}", limits);
+        }
+        // Retained: 3, 4, 5.
+        let r = log.replay(3);
+        assert_eq!((r.gap, seqs(&r)), (None, vec![4, 5]));
+        let r = log.replay(2);
+        assert_eq!((r.gap, seqs(&r)), (None, vec![3, 4, 5]));
+        let r = log.replay(0);
+        assert_eq!((r.gap, seqs(&r)), (Some(3), vec![3, 4, 5]));
+        let r = log.replay(5);
+        assert_eq!((r.gap, seqs(&r)), (None, vec![]));
+        let r = log.replay(9);
+        assert_eq!((r.gap, seqs(&r)), (Some(3), vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn byte_bound_and_unretainable_messages() {
+        let mut log = TopicLog::new();
+        let one = reply::message("t", 1, b"\"xxxxxxxx\"").len();
+        let limits = HistoryLimits {
+            max_messages: 100,
+            max_bytes: one * 2,
+        };
+        for _ in 0..4 {
+            log.publish("t", b"\"xxxxxxxx\"", limits);
+        }
+        assert_eq!(log.retained(), (2, one * 2));
+        // A message bigger than the whole budget empties the history, so a
+        // replay never skips it silently: it reports the gap instead.
+        log.publish("t", &[b'1'; 500], limits);
+        assert!(log.is_empty());
+        let r = log.replay(3);
+        assert_eq!((r.gap, r.frames.len()), (Some(6), 0));
+        let none = HistoryLimits {
+            max_messages: 0,
+            max_bytes: 1 << 20,
+        };
+        let mut log = TopicLog::new();
+        log.publish("t", b"1", none);
+        assert!(log.is_empty());
+        assert_eq!(log.replay(0).gap, Some(2));
     }
 }

@@ -1,0 +1,234 @@
+//! Broker → client messages on `/ws`, encoded as complete WebSocket text
+//! frames (../shared/protocol.md, "Broker → client").
+//!
+//! Each frame is built in one allocation: the JSON is written after room
+//! for the longest server header, then the header is written right before
+//! it and the unused front skipped. A `message` frame is built once per
+//! publish, on the topic's owner shard, and the same `Bytes` goes to every
+//! subscriber. `data` is copied in as the publisher sent it (already
+//! validated as JSON); topics need no escaping (their alphabet is safe).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::command::{ErrorCode, Id};
+use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+
+/// Server headers are unmasked: at most 10 bytes.
+const ROOM: usize = MAX_HEADER_LEN - 4;
+
+/// Starts a frame body; finish with [`finish`].
+fn begin(capacity: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(ROOM + capacity);
+    out.put_bytes(0, ROOM);
+    out
+}
+
+/// Writes the text-frame header in front of the JSON and returns the frame.
+fn finish(mut out: BytesMut) -> Bytes {
+    let len = out.len() - ROOM;
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: OpCode::Text,
+        mask: None,
+        payload_len: len as u64,
+    };
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut h);
+    out[ROOM - n..ROOM].copy_from_slice(&h[..n]);
+    let _ = out.split_to(ROOM - n);
+    out.freeze()
+}
+
+fn put_id(out: &mut BytesMut, id: &Option<Id>) {
+    if let Some(Id(raw)) = id {
+        out.put_slice(b",\"id\":");
+        out.put_slice(raw);
+    }
+}
+
+fn put_u64(out: &mut BytesMut, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// `{"op":"message","topic":T,"seq":N,"data":D}`, framed.
+pub fn message(topic: &str, seq: u64, data: &[u8]) -> Bytes {
+    let mut out = begin(48 + topic.len() + data.len());
+    out.put_slice(b"{\"op\":\"message\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"seq\":");
+    put_u64(&mut out, seq);
+    out.put_slice(b",\"data\":");
+    out.put_slice(data);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// The JSON of a message object without framing (for HTTP polling and SSE).
+pub fn message_json(frame: &Bytes) -> Bytes {
+    let (_, n) = FrameHeader::decode(frame)
+        .ok()
+        .flatten()
+        .expect("reply frames have a valid header");
+    frame.slice(n..)
+}
+
+fn op_topic(op: &str, topic: &str, id: &Option<Id>) -> Bytes {
+    let mut out = begin(40 + topic.len());
+    out.put_slice(b"{\"op\":\"");
+    out.put_slice(op.as_bytes());
+    out.put_slice(b"\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_u8(b'"');
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":"subscribed","topic":T,"id":...}`
+pub fn subscribed(topic: &str, id: &Option<Id>) -> Bytes {
+    op_topic("subscribed", topic, id)
+}
+
+/// `{"op":"unsubscribed","topic":T,"id":...}`
+pub fn unsubscribed(topic: &str, id: &Option<Id>) -> Bytes {
+    op_topic("unsubscribed", topic, id)
+}
+
+/// `{"op":"published","topic":T,"seq":N,"id":...}`: the answer to a
+/// `publish` that carried an `id` (an addition to the v1 contract).
+pub fn published(topic: &str, seq: u64, id: &Option<Id>) -> Bytes {
+    let mut out = begin(56 + topic.len());
+    out.put_slice(b"{\"op\":\"published\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"seq\":");
+    put_u64(&mut out, seq);
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":"gap","topic":T,"since":S,"first_seq":F,"id":...}`: sent after
+/// `subscribed` and before any replay when the requested `since` is older
+/// than the retained history (or ahead of the topic, after a reset): the
+/// client will not see seqs `S+1 .. F-1`.
+pub fn gap(topic: &str, since: u64, first_seq: u64, id: &Option<Id>) -> Bytes {
+    let mut out = begin(72 + topic.len());
+    out.put_slice(b"{\"op\":\"gap\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"since\":");
+    put_u64(&mut out, since);
+    out.put_slice(b",\"first_seq\":");
+    put_u64(&mut out, first_seq);
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":"skipped","topic":T,"from":A,"to":B,"count":N}`: a slow consumer
+/// under the `conflate` policy did not receive seqs `A..=B` (N messages);
+/// the next message on the topic is the newest.
+pub fn skipped(topic: &str, from: u64, to: u64) -> Bytes {
+    let mut out = begin(80 + topic.len());
+    out.put_slice(b"{\"op\":\"skipped\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"from\":");
+    put_u64(&mut out, from);
+    out.put_slice(b",\"to\":");
+    put_u64(&mut out, to);
+    out.put_slice(b",\"count\":");
+    put_u64(&mut out, to + 1 - from);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":"error","code":C,"message":M,"id":...}`
+pub fn error(code: ErrorCode, message: &str, id: &Option<Id>) -> Bytes {
+    let mut out = begin(48 + message.len());
+    out.put_slice(b"{\"op\":\"error\",\"code\":\"");
+    out.put_slice(code.as_str().as_bytes());
+    out.put_slice(b"\",\"message\":");
+    let mut w = (&mut out).writer();
+    serde_json::to_writer(&mut w, message).expect("writing to memory");
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Decodes a server frame and parses its JSON.
+    fn json(frame: &Bytes) -> Value {
+        let (h, n) = FrameHeader::decode(frame).unwrap().unwrap();
+        assert_eq!(h.opcode, OpCode::Text);
+        assert!(h.fin && h.mask.is_none());
+        assert_eq!(h.payload_len as usize, frame.len() - n);
+        serde_json::from_slice(&frame[n..]).unwrap()
+    }
+
+    #[test]
+    fn message_keeps_data_bytes_exactly() {
+        let data = br#"{"price": 187.310,  "v":[1, 2]}"#;
+        let f = message("ticker.AAPL", 42, data);
+        let v = json(&f);
+        assert_eq!(v["op"], "message");
+        assert_eq!(v["topic"], "ticker.AAPL");
+        assert_eq!(v["seq"], 42);
+        let text = std::str::from_utf8(&message_json(&f)).unwrap().to_string();
+        assert!(text.ends_with(&format!(
+            "\"data\":{}}}",
+            std::str::from_utf8(data).unwrap()
+        )));
+    }
+
+    #[test]
+    fn header_sizes_at_the_boundaries() {
+        for len in [0usize, 60, 100, 200, 70_000] {
+            let data = format!("\"{}\"", "x".repeat(len));
+            let f = message("t", 1, data.as_bytes());
+            assert_eq!(json(&f)["data"].as_str().unwrap().len(), len);
+        }
+    }
+
+    #[test]
+    fn replies_echo_ids_raw() {
+        let id = Some(Id(Bytes::from_static(b"\"abc\"")));
+        assert_eq!(json(&subscribed("a.b", &id))["id"], "abc");
+        let n = Some(Id(Bytes::from_static(b"7")));
+        assert_eq!(json(&unsubscribed("a.b", &n))["id"], 7);
+        assert!(json(&subscribed("a.b", &None)).get("id").is_none());
+        let p = json(&published("t", 9, &n));
+        assert_eq!(
+            (p["op"].as_str(), p["seq"].as_u64()),
+            (Some("published"), Some(9))
+        );
+        let g = json(&gap("t", 3, 10, &None));
+        assert_eq!(
+            (g["since"].as_u64(), g["first_seq"].as_u64()),
+            (Some(3), Some(10))
+        );
+        let s = json(&skipped("t", 4, 9));
+        assert_eq!(s["count"], 6);
+    }
+
+    #[test]
+    fn error_messages_are_escaped() {
+        let e = json(&error(ErrorCode::BadTopic, "bad \"topic\"\n\u{1}", &None));
+        assert_eq!(e["code"], "bad_topic");
+        assert_eq!(e["message"], "bad \"topic\"\n\u{1}");
+    }
+}
