@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::http::HeadLimits;
+use crate::topic::HistoryLimits;
 use crate::websocket::Limits;
 
 /// Parses `16MiB`, `64KiB`, `4096`, `1GiB` (also `KB`/`MB`, as binary units).
@@ -51,6 +52,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The slow-consumer policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumer {
+    Disconnect,
+    Conflate,
 }
 
 /// `ringcast` command line.
@@ -125,6 +133,30 @@ pub struct Config {
     #[arg(long, value_parser = parse_size, default_value = "4KiB")]
     pub read_buffer: usize,
 
+    /// Retained messages per topic, for `since` resume and polling.
+    #[arg(long, default_value_t = 100)]
+    pub history_messages: usize,
+
+    /// Retained bytes per topic (encoded frames).
+    #[arg(long, value_parser = parse_size, default_value = "256KiB")]
+    pub history_bytes: usize,
+
+    /// Topics a shard owns at most (each keeps its seq and history);
+    /// publishing to a new topic past it is refused with `limit`.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_topics: usize,
+
+    /// Subscriptions one connection may hold.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_subscriptions: usize,
+
+    /// What happens to a subscriber whose outbox is full: `disconnect`
+    /// (close 1008 "slow consumer"; it resumes with `since`) or `conflate`
+    /// (per topic only the newest pending message is kept, and the client
+    /// gets a `skipped` notice for the rest).
+    #[arg(long, value_enum, default_value_t = SlowConsumer::Disconnect)]
+    pub slow_consumer: SlowConsumer,
+
     /// Allowed `Origin` values, comma-separated. Empty: any origin.
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -154,6 +186,8 @@ impl Config {
             ("--max-message-size", self.max_message_size),
             ("--max-headers", self.max_headers),
             ("--outbox-size", self.outbox_size),
+            ("--max-topics", self.max_topics),
+            ("--max-subscriptions", self.max_subscriptions),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -195,6 +229,13 @@ impl Config {
         }
     }
 
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_messages: self.history_messages,
+            max_bytes: self.history_bytes,
+        }
+    }
+
     pub fn head_limits(&self) -> HeadLimits {
         HeadLimits {
             max_head: self.max_head_size,
@@ -231,6 +272,23 @@ impl fmt::Display for Config {
         writeln!(f, "  max-headers        {}", self.max_headers)?;
         writeln!(f, "  outbox-size        {} bytes", self.outbox_size)?;
         writeln!(f, "  read-buffer        {} bytes", self.read_buffer)?;
+        writeln!(
+            f,
+            "  history-messages   {} per topic",
+            self.history_messages
+        )?;
+        writeln!(
+            f,
+            "  history-bytes      {} bytes per topic",
+            self.history_bytes
+        )?;
+        writeln!(f, "  max-topics         {} per shard", self.max_topics)?;
+        writeln!(
+            f,
+            "  max-subscriptions  {} per connection",
+            self.max_subscriptions
+        )?;
+        writeln!(f, "  slow-consumer      {:?}", self.slow_consumer)?;
         writeln!(f, "  allowed-origins    {}", list(&self.allowed_origins))?;
         let protocols = if self.subprotocols.is_empty() {
             "(none)".to_string()

@@ -82,6 +82,10 @@ pub enum HttpError {
     NotFound,
     /// The shard is at its connection limit.
     Overloaded,
+    /// A body without `Content-Length` (chunked bodies are not supported).
+    LengthRequired,
+    /// A body over the message size limit.
+    PayloadTooLarge,
     /// Client role: the server's response was not a valid 101 upgrade.
     UpgradeRefused(u16),
     /// Client role: `Sec-WebSocket-Accept` did not match our key.
@@ -99,6 +103,8 @@ impl HttpError {
             HttpError::OriginRejected => 403,
             HttpError::NotFound => 404,
             HttpError::Overloaded => 503,
+            HttpError::LengthRequired => 411,
+            HttpError::PayloadTooLarge => 413,
             HttpError::UpgradeRefused(s) => s,
             HttpError::Malformed
             | HttpError::MissingHost
@@ -123,6 +129,10 @@ impl HttpError {
             HttpError::OriginRejected => "origin not allowed",
             HttpError::NotFound => "not found",
             HttpError::Overloaded => "connection limit reached",
+            HttpError::LengthRequired => {
+                "Content-Length required (chunked bodies are not supported)"
+            }
+            HttpError::PayloadTooLarge => "body over the message size limit",
             HttpError::UpgradeRefused(_) => "server refused the upgrade",
             HttpError::BadAccept => "Sec-WebSocket-Accept mismatch",
         }

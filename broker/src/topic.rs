@@ -68,7 +68,8 @@ pub struct Replay {
     /// will get is `first` (history trimmed, or the topic was reset and its
     /// seq is behind the client's `since`).
     pub gap: Option<u64>,
-    pub frames: Vec<Bytes>,
+    /// `(seq, frame)`, oldest first.
+    pub frames: Vec<(u64, Bytes)>,
 }
 
 /// The owner shard's state of one topic: the last seq assigned and the
@@ -139,7 +140,7 @@ impl TopicLog {
             // forgotten and restarted. Replay all we have, flagged.
             return Replay {
                 gap: Some(first_retained),
-                frames: self.history.iter().map(|(_, f)| f.clone()).collect(),
+                frames: self.history.iter().cloned().collect(),
             };
         }
         let gap = (since + 1 < first_retained).then_some(first_retained);
@@ -147,7 +148,7 @@ impl TopicLog {
             .history
             .iter()
             .filter(|(s, _)| *s > since)
-            .map(|(_, f)| f.clone())
+            .cloned()
             .collect();
         Replay { gap, frames }
     }
@@ -185,7 +186,7 @@ mod tests {
     fn seqs(r: &Replay) -> Vec<u64> {
         r.frames
             .iter()
-            .map(|f| {
+            .map(|(_, f)| {
                 let v: serde_json::Value = serde_json::from_slice(&reply::message_json(f)).unwrap();
                 v["seq"].as_u64().unwrap()
             })

@@ -428,10 +428,33 @@ fn upgrade_accepts_token_lists_any_case_and_a_query() {
         // No extension is ever negotiated.
         assert_eq!(header(&head, "sec-websocket-extensions"), None, "{what}");
     }
-    let (resp, closed) = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (resp, closed) = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_complete(&resp, 200, "healthz");
     assert!(closed, "healthz: the server did not close");
     assert!(resp.ends_with("\r\n\r\nok\n"), "{resp:?}");
+}
+
+/// HTTP/1.1 requests keep the connection: two pipelined requests get two
+/// responses on one connection, and `Connection: close` on the second ends it.
+#[test]
+fn plain_http_keeps_the_connection_alive() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let (resp, closed) = exchange(
+        broker.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(closed, "the second request asked for close");
+    let first = resp.find("HTTP/1.1 200 OK").unwrap();
+    let second = resp[first + 1..]
+        .find("HTTP/1.1 200 OK")
+        .map(|i| i + first + 1);
+    assert!(second.is_some(), "two responses expected: {resp:?}");
+    let (one, two) = resp.split_at(second.unwrap());
+    assert!(one.contains("Connection: keep-alive\r\n"), "{one:?}");
+    assert!(two.contains("Connection: close\r\n"), "{two:?}");
 }
 
 #[test]

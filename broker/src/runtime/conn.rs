@@ -1,10 +1,13 @@
-//! One connection: its reader task, from the first byte of the HTTP request
-//! to the last byte drained after the close.
+//! One connection: its reader task, from the first byte of the first HTTP
+//! request to the last byte drained after the close.
 //!
 //! The reader task owns the socket's read loop and is the only place a read
 //! is ever in flight. Nothing cancels it: timeouts and shutdown act from
 //! other tasks by calling `shutdown()` on the socket, which makes the
 //! pending read return (tokio-uring rule 1 in DEVELOPERS.md).
+//!
+//! Plain HTTP requests are served with keep-alive; an upgrade to `/ws`
+//! (pub/sub) or `/echo` turns the connection into a WebSocket for good.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,13 +18,17 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::debug;
 
+use super::pubsub::Sub;
 use super::shard::Shard;
 use crate::close::CloseCode;
+use crate::command::{self, ErrorCode};
 use crate::error::HttpError;
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use crate::handshake::{self, plain_response};
-use crate::http::{HeadParser, Request};
+use crate::handshake;
+use crate::http::{response, HeadParser, Request};
 use crate::outbox::{Outbox, PushError};
+use crate::reply;
+use crate::topic;
 use crate::websocket::{Event, Role, WebSocket};
 
 /// Reads of at most this much, even while a huge frame is arriving.
@@ -33,7 +40,7 @@ const COPY_THRESHOLD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the HTTP request head.
+    /// Reading an HTTP request (the first, or the next on keep-alive).
     Http,
     /// An open WebSocket.
     WebSocket,
@@ -42,19 +49,32 @@ pub enum Phase {
     Closing,
 }
 
+/// What a WebSocket connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/ws`: JSON commands, pub/sub.
+    PubSub,
+    /// `/echo`: every message sent back (conformance target).
+    Echo,
+}
+
 /// State shared by a connection's reader, writer and its shard.
 pub struct Conn {
     pub stream: Rc<TcpStream>,
     pub outbox: Rc<Outbox>,
     pub ws: RefCell<Option<WebSocket>>,
     pub phase: Cell<Phase>,
-    /// When the sweeper shuts the socket down regardless (handshake and
+    /// When the sweeper shuts the socket down regardless (request and
     /// close timeouts). None while a WebSocket is open.
     pub deadline: Cell<Option<Instant>>,
     pub last_rx: Cell<Instant>,
     pub ping_sent: Cell<bool>,
     /// Reader and writer; the last one out deregisters the connection.
     pub tasks: Cell<u8>,
+    /// Pub/sub subscriptions of a `/ws` connection.
+    pub subs: RefCell<Vec<Sub>>,
+    /// Marked slow (being disconnected): deliveries skip it.
+    pub slow: Cell<bool>,
 }
 
 impl Conn {
@@ -68,13 +88,14 @@ impl Conn {
             last_rx: Cell::new(Instant::now()),
             ping_sent: Cell::new(false),
             tasks: Cell::new(2),
+            subs: RefCell::new(Vec::new()),
+            slow: Cell::new(false),
         }
     }
 
     /// Queues the protocol's pending output (pong, close) behind any data
     /// already queued, even past the outbox bound: a close or pong must not
-    /// be lost behind a large message. A peer that lets even these pile up
-    /// is not reading; it is cut off.
+    /// be lost behind a large message.
     fn flush_protocol_output(&self) {
         let out = self
             .ws
@@ -82,15 +103,23 @@ impl Conn {
             .as_mut()
             .and_then(WebSocket::take_output);
         if let Some(out) = out {
-            if self.outbox.push_control(out) == Err(PushError::Full) {
-                debug!("peer does not read its control frames; dropping it");
-                self.outbox.close();
-                let _ = self.stream.shutdown(std::net::Shutdown::Both);
-            }
+            self.send_reply(out);
         }
     }
 
-    /// Starts the closing handshake from our side (shutdown, idle timeout).
+    /// Queues a reply to the client's own command (or a protocol frame)
+    /// like a control frame: past the outbox bound, within its slack. A
+    /// peer that lets even these pile up is not reading; it is cut off.
+    pub fn send_reply(&self, frame: Bytes) {
+        if self.outbox.push_control(frame) == Err(PushError::Full) {
+            debug!("peer does not read its replies; dropping it");
+            self.outbox.close();
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Starts the closing handshake from our side (shutdown, idle timeout,
+    /// slow consumer).
     pub fn start_close(&self, code: CloseCode, reason: &str, deadline: Instant) {
         let mut ws = self.ws.borrow_mut();
         if let Some(ws) = ws.as_mut() {
@@ -119,12 +148,35 @@ impl Conn {
     }
 }
 
+/// How a request handler left the connection.
+enum Next {
+    /// Serve the next request.
+    KeepAlive,
+    /// Our last bytes are queued; drain until the peer closes.
+    Close,
+    /// The peer is gone; nothing to drain.
+    Gone,
+}
+
 /// The reader task.
 pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
     let mut buf = BytesMut::with_capacity(shard.config.read_buffer);
-    let gone = read_request(&shard, &conn, &mut buf).await;
-    if !gone {
-        drain(&conn, buf).await;
+    loop {
+        match request(&shard, &conn, &mut buf).await {
+            Next::KeepAlive => {
+                conn.phase.set(Phase::Http);
+                conn.deadline
+                    .set(Some(Instant::now() + shard.config.handshake_timeout));
+            }
+            Next::Close => {
+                drain(&conn, buf).await;
+                break;
+            }
+            Next::Gone => break,
+        }
+    }
+    if !conn.subs.borrow().is_empty() {
+        shard.pubsub.disconnect(&conn);
     }
     shard.task_done(key, &conn);
 }
@@ -149,9 +201,8 @@ async fn read_more(conn: &Conn, buf: &mut BytesMut, want: usize) -> bool {
     }
 }
 
-/// The HTTP phase and whatever it routes to. Returns true if the peer is
-/// gone (no drain needed).
-async fn read_request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
+/// Reads and serves one HTTP request.
+async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next {
     let mut parser = HeadParser::new();
     let limits = shard.config.head_limits();
     let req = loop {
@@ -161,56 +212,175 @@ async fn read_request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) ->
                 break req;
             }
             Ok(None) => {}
-            Err(e) => {
-                reject(shard, conn, e);
-                return false;
-            }
+            Err(e) => return reject(shard, conn, e),
         }
         if !read_more(conn, buf, shard.config.read_buffer).await {
-            conn.outbox.close();
-            return true;
+            // The peer is done sending; let it have what we queued.
+            conn.outbox.finish();
+            return Next::Gone;
         }
     };
     route(shard, conn, req, buf).await
 }
 
-fn reject(shard: &Shard, conn: &Conn, e: HttpError) {
+fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
     debug!(shard = shard.id, error = %e, "request rejected");
     let _ = conn.outbox.try_push(e.to_response());
     conn.finish(Instant::now() + shard.config.close_timeout);
+    Next::Close
 }
 
-async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut BytesMut) -> bool {
-    match req.path() {
-        "/echo" => match handshake::accept(&req, &shard.policy) {
-            Ok(accepted) => {
-                let _ = conn.outbox.try_push(accepted.response());
-                echo(shard, conn, buf).await
-            }
-            Err(e) => {
-                reject(shard, conn, e);
-                false
-            }
-        },
-        "/healthz" if req.method == "GET" => {
-            let resp = if shard.shared.all_ready() {
-                plain_response(200, "ok\n")
+/// HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when
+/// asked.
+fn keep_alive(req: &Request) -> bool {
+    if req.version >= 1 {
+        !req.has_token("connection", "close")
+    } else {
+        req.has_token("connection", "keep-alive")
+    }
+}
+
+/// Queues a successful response and decides what follows it.
+fn respond(
+    shard: &Shard,
+    conn: &Conn,
+    keep: bool,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> Next {
+    let connection = if keep { "keep-alive" } else { "close" };
+    let resp = response(
+        status,
+        &[("Content-Type", content_type), ("Connection", connection)],
+        body,
+    );
+    let _ = conn.outbox.try_push(resp);
+    if keep {
+        Next::KeepAlive
+    } else {
+        conn.finish(Instant::now() + shard.config.close_timeout);
+        Next::Close
+    }
+}
+
+async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut BytesMut) -> Next {
+    let keep = keep_alive(&req);
+    let path = req.path().to_string();
+    match (req.method.as_str(), path.as_str()) {
+        (_, "/ws") => upgrade(shard, conn, &req, buf, Endpoint::PubSub).await,
+        (_, "/echo") => upgrade(shard, conn, &req, buf, Endpoint::Echo).await,
+        ("GET", "/healthz") => {
+            if shard.shared.all_ready() {
+                respond(shard, conn, keep, 200, "text/plain; charset=utf-8", b"ok\n")
             } else {
-                plain_response(503, "starting\n")
-            };
-            let _ = conn.outbox.try_push(resp);
-            conn.finish(Instant::now() + shard.config.close_timeout);
-            false
+                respond(
+                    shard,
+                    conn,
+                    keep,
+                    503,
+                    "text/plain; charset=utf-8",
+                    b"starting\n",
+                )
+            }
         }
-        "/healthz" => {
-            reject(shard, conn, HttpError::MethodNotAllowed);
-            false
+        ("POST", p) if p.starts_with("/publish/") => {
+            publish(shard, conn, &req, &p["/publish/".len()..], keep, buf).await
         }
-        _ => {
-            reject(shard, conn, HttpError::NotFound);
-            false
+        (_, "/healthz") => reject(shard, conn, HttpError::MethodNotAllowed),
+        (_, p) if p.starts_with("/publish/") => reject(shard, conn, HttpError::MethodNotAllowed),
+        _ => reject(shard, conn, HttpError::NotFound),
+    }
+}
+
+async fn upgrade(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    req: &Request,
+    buf: &mut BytesMut,
+    endpoint: Endpoint,
+) -> Next {
+    match handshake::accept(req, &shard.policy) {
+        Ok(accepted) => {
+            let _ = conn.outbox.try_push(accepted.response());
+            websocket(shard, conn, buf, endpoint).await
+        }
+        Err(e) => reject(shard, conn, e),
+    }
+}
+
+/// `POST /publish/{topic}`: the body is the message `data`.
+async fn publish(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    req: &Request,
+    topic: &str,
+    keep: bool,
+    buf: &mut BytesMut,
+) -> Next {
+    if req.header("transfer-encoding").is_some() {
+        return reject(shard, conn, HttpError::LengthRequired);
+    }
+    let Some(len) = req
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
+        return reject(shard, conn, HttpError::LengthRequired);
+    };
+    if len > shard.config.max_message_size {
+        return reject(shard, conn, HttpError::PayloadTooLarge);
+    }
+    while buf.len() < len {
+        let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
+        if !read_more(conn, buf, want).await {
+            conn.outbox.close();
+            return Next::Gone;
         }
     }
+    let body = buf.split_to(len).freeze();
+    if let Err(e) = topic::validate(topic) {
+        return bad_publish(shard, conn, keep, ErrorCode::BadTopic, e.message());
+    }
+    if !command::validate_data(&body) {
+        return bad_publish(
+            shard,
+            conn,
+            keep,
+            ErrorCode::BadJson,
+            "body is not a single JSON value",
+        );
+    }
+    match shard.pubsub.publish_http(topic, body).await {
+        Ok(Ok(seq)) => {
+            let body = format!("{{\"seq\":{seq}}}");
+            respond(shard, conn, keep, 200, "application/json", body.as_bytes())
+        }
+        Ok(Err(code)) => bad_publish(shard, conn, keep, code, "too many topics"),
+        Err(_) => respond(
+            shard,
+            conn,
+            false,
+            503,
+            "text/plain; charset=utf-8",
+            b"shutting down\n",
+        ),
+    }
+}
+
+/// A refused publish: `400` (or `503` for a limit) with a JSON error body
+/// shaped like the WebSocket `error` reply. The connection is kept.
+fn bad_publish(shard: &Shard, conn: &Conn, keep: bool, code: ErrorCode, message: &str) -> Next {
+    let status = if code == ErrorCode::Limit { 503 } else { 400 };
+    let frame = reply::error(code, message, &None);
+    respond(
+        shard,
+        conn,
+        keep,
+        status,
+        "application/json",
+        &reply::message_json(&frame),
+    )
 }
 
 /// Frames a server-role data message. Small payloads are copied behind the
@@ -235,14 +405,18 @@ fn data_frame(opcode: OpCode, payload: Bytes) -> (Bytes, Option<Bytes>) {
     }
 }
 
-/// The `/echo` endpoint: every message is sent back as received. The
-/// Autobahn conformance target.
-async fn echo(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
+/// The WebSocket read loop for both endpoints.
+async fn websocket(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    buf: &mut BytesMut,
+    endpoint: Endpoint,
+) -> Next {
     *conn.ws.borrow_mut() = Some(WebSocket::new(Role::Server, shard.config.ws_limits()));
     conn.phase.set(Phase::WebSocket);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
-    debug!(shard = shard.id, "websocket open");
+    debug!(shard = shard.id, ?endpoint, "websocket open");
     loop {
         loop {
             let (res, open, closed) = {
@@ -252,16 +426,30 @@ async fn echo(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
                 (res, ws.is_open(), ws.is_closed())
             };
             conn.flush_protocol_output();
-            match res {
-                Ok(Some(Event::Text(p))) if open => send(conn, OpCode::Text, p).await,
-                Ok(Some(Event::Binary(p))) if open => send(conn, OpCode::Binary, p).await,
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) => debug!(shard = shard.id, error = %e, "websocket failed"),
+            match (res, endpoint) {
+                (Ok(Some(Event::Text(p))), Endpoint::Echo) if open => {
+                    send(conn, OpCode::Text, p).await
+                }
+                (Ok(Some(Event::Binary(p))), Endpoint::Echo) if open => {
+                    send(conn, OpCode::Binary, p).await
+                }
+                (Ok(Some(Event::Text(p))), Endpoint::PubSub) if open => {
+                    shard.pubsub.command(conn, &p)
+                }
+                (Ok(Some(Event::Binary(_))), Endpoint::PubSub) if open => {
+                    conn.send_reply(reply::error(
+                        ErrorCode::BadJson,
+                        "commands are JSON objects in text frames",
+                        &None,
+                    ))
+                }
+                (Ok(Some(_)), _) => {}
+                (Ok(None), _) => break,
+                (Err(e), _) => debug!(shard = shard.id, error = %e, "websocket failed"),
             }
             if closed {
                 conn.finish(Instant::now() + shard.config.close_timeout);
-                return false;
+                return Next::Close;
             }
         }
         let hint = conn.ws.borrow().as_ref().map_or(0, WebSocket::read_hint);
@@ -269,7 +457,7 @@ async fn echo(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
         if !read_more(conn, buf, want).await {
             debug!(shard = shard.id, "websocket peer went away");
             conn.outbox.close();
-            return true;
+            return Next::Gone;
         }
     }
 }

@@ -18,6 +18,8 @@
 
 pub mod conn;
 pub mod listener;
+pub mod mesh;
+pub mod pubsub;
 pub mod shard;
 pub mod writer;
 
@@ -98,6 +100,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         ready: AtomicUsize::new(0),
     });
     let (tx, rx) = watch::channel(false);
+    let inboxes = mesh::Mesh::<pubsub::Msg>::inboxes(config.shards);
     let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(config.shards);
     for (id, l) in listeners.into_iter().enumerate() {
@@ -107,6 +110,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
             rx.clone(),
             started_tx.clone(),
         );
+        let inboxes = inboxes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
@@ -124,7 +128,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
                 };
                 rt.block_on(async move {
                     let _ = started.send(Ok(()));
-                    shard::run(id, l, config, shared, rx).await
+                    shard::run(id, l, config, shared, inboxes, rx).await
                 });
             })?;
         threads.push(thread);

@@ -20,6 +20,8 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::conn::{self, Conn, Phase};
+use super::mesh::{Inbox, Mesh};
+use super::pubsub::{Msg, PubSub};
 use super::writer::run_writer;
 use super::Shared;
 use crate::close::CloseCode;
@@ -36,6 +38,7 @@ pub struct Shard {
     pub config: Arc<Config>,
     pub policy: StaticPolicy,
     pub shared: Arc<Shared>,
+    pub pubsub: PubSub,
     conns: RefCell<Slab<Rc<Conn>>>,
     closing: Cell<bool>,
     emptied: Notify,
@@ -199,11 +202,14 @@ pub async fn run(
     listener: std::net::TcpListener,
     config: Arc<Config>,
     shared: Arc<Shared>,
+    inboxes: Arc<[Inbox<Msg>]>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = TcpListener::from_std(listener);
     let listener_fd = listener.as_raw_fd();
+    let mesh = Rc::new(Mesh::new(id, inboxes));
     let shard = Rc::new(Shard {
+        pubsub: PubSub::new(id, mesh.clone(), config.clone()),
         id,
         policy: StaticPolicy {
             origins: config.allowed_origins.clone(),
@@ -215,6 +221,22 @@ pub async fn run(
         closing: Cell::new(false),
         emptied: Notify::new(),
     });
+    let flusher = {
+        let mesh = mesh.clone();
+        tokio_uring::spawn(async move { mesh.run_flusher().await })
+    };
+    let receiver = {
+        let (shard, mesh) = (shard.clone(), mesh.clone());
+        tokio_uring::spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                mesh.recv(&mut batch).await;
+                for msg in batch.drain(..) {
+                    shard.pubsub.handle(msg);
+                }
+            }
+        })
+    };
     let acceptor = tokio_uring::spawn(accept_loop(shard.clone(), listener));
     let sweeper = {
         let shard = shard.clone();
@@ -247,4 +269,6 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), acceptor).await;
     sweeper.abort();
+    flusher.abort();
+    receiver.abort();
 }

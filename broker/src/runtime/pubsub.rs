@@ -1,0 +1,610 @@
+//! Pub/sub on one shard: the topics it owns and the subscribers it serves.
+//!
+//! Every topic has one owner shard (a stable hash of its name). The owner
+//! assigns `seq`, keeps the retained history, encodes each `message` frame
+//! once, and forwards that same `Bytes` to every shard that told it it has
+//! subscribers ("interest"). Each shard then pushes it to its local
+//! subscribers' outboxes: no per-subscriber copy or JSON work, no lock on
+//! the delivery path.
+//!
+//! Ordering is what makes `subscribed` honest and `since` gap-free. All of
+//! a topic's traffic from its owner to a shard travels on one FIFO (the
+//! mesh preserves per-sender order), and a subscription that needs the
+//! owner (first on this shard, or with `since`) waits for the owner's
+//! acknowledgement on that same FIFO. The ack is a snapshot: it carries the
+//! retained messages after `since`, and every later message comes after it.
+//! So the client gets `subscribed`, then the replay, then live messages:
+//! no gap, no duplicate. Until the ack, a pending subscriber receives
+//! nothing.
+//!
+//! Messages to this shard itself skip the mesh and are handled in place,
+//! through a local queue so a handler never re-enters another.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ahash::RandomState;
+use bytes::Bytes;
+use slab::Slab;
+use tokio::sync::oneshot;
+
+use super::conn::Conn;
+use super::mesh::Mesh;
+use crate::close::CloseCode;
+use crate::command::{self, Command, ErrorCode, Id};
+use crate::config::{Config, SlowConsumer};
+use crate::outbox::PushError;
+use crate::reply;
+use crate::topic::{Replay, TopicLog};
+
+/// Fixed seeds: every shard must agree on a topic's owner.
+const OWNER_SEEDS: [u64; 4] = [0x5ca1_ab1e, 0x0dd_ba11, 0xdead_beef, 0xc0ff_ee00];
+
+/// What shards tell each other.
+#[derive(Debug)]
+pub enum Msg {
+    /// To the owner: assign a seq and fan out.
+    Publish {
+        topic: Arc<str>,
+        data: Bytes,
+        from: usize,
+        token: usize,
+    },
+    /// To the owner: `from` has (or will have) a subscriber.
+    Subscribe {
+        topic: Arc<str>,
+        from: usize,
+        token: usize,
+        since: Option<u64>,
+    },
+    /// To the owner: `from` has no subscriber left.
+    Unsubscribe { topic: Arc<str>, from: usize },
+    /// From the owner: a message for this shard's subscribers.
+    Deliver {
+        topic: Arc<str>,
+        seq: u64,
+        frame: Bytes,
+    },
+    /// From the owner: the subscription is live; what to replay first.
+    SubAck {
+        topic: Arc<str>,
+        token: usize,
+        result: Result<Option<Replay>, ErrorCode>,
+    },
+    /// From the owner: the seq a publish got.
+    PubAck {
+        token: usize,
+        result: Result<u64, ErrorCode>,
+    },
+}
+
+/// One of a connection's subscriptions.
+#[derive(Debug)]
+pub struct Sub {
+    pub topic: Arc<str>,
+    pub state: SubState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Waiting for the owner's ack (the token).
+    Pending(usize),
+    /// Receiving; the key in the topic's local subscriber slab.
+    Live(usize),
+}
+
+/// A topic as seen by a shard with subscribers to it.
+#[derive(Default)]
+struct Local {
+    /// The owner has acknowledged this shard's interest.
+    live: bool,
+    /// Subscribe requests in flight to the owner.
+    requests: usize,
+    subs: Slab<Rc<Conn>>,
+}
+
+/// A topic as seen by its owner.
+struct Owned {
+    log: TopicLog,
+    interested: Vec<bool>,
+    n_interested: usize,
+}
+
+enum Pending {
+    Sub {
+        conn: Weak<Conn>,
+        id: Option<Id>,
+        since: Option<u64>,
+    },
+    WsPub {
+        conn: Weak<Conn>,
+        topic: Arc<str>,
+        id: Option<Id>,
+    },
+    HttpPub(oneshot::Sender<Result<u64, ErrorCode>>),
+}
+
+/// Counters for tests and (later) metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub published: u64,
+    pub delivered: u64,
+    pub slow_disconnects: u64,
+}
+
+pub struct PubSub {
+    id: usize,
+    shards: usize,
+    hasher: RandomState,
+    mesh: Rc<Mesh<Msg>>,
+    config: Arc<Config>,
+    owned: RefCell<HashMap<Arc<str>, Owned, RandomState>>,
+    local: RefCell<HashMap<Arc<str>, Local, RandomState>>,
+    pending: RefCell<Slab<Pending>>,
+    queue: RefCell<VecDeque<Msg>>,
+    draining: Cell<bool>,
+    stats: Cell<Stats>,
+}
+
+impl PubSub {
+    pub fn new(id: usize, mesh: Rc<Mesh<Msg>>, config: Arc<Config>) -> Self {
+        PubSub {
+            id,
+            shards: config.shards,
+            hasher: RandomState::with_seeds(
+                OWNER_SEEDS[0],
+                OWNER_SEEDS[1],
+                OWNER_SEEDS[2],
+                OWNER_SEEDS[3],
+            ),
+            mesh,
+            config,
+            owned: RefCell::default(),
+            local: RefCell::default(),
+            pending: RefCell::new(Slab::new()),
+            queue: RefCell::new(VecDeque::new()),
+            draining: Cell::new(false),
+            stats: Cell::new(Stats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Stats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// The shard that owns `topic`.
+    pub fn owner(&self, topic: &str) -> usize {
+        (self.hasher.hash_one(topic) % self.shards as u64) as usize
+    }
+
+    fn route(&self, dst: usize, msg: Msg) {
+        if dst != self.id {
+            return self.mesh.send(dst, msg);
+        }
+        self.queue.borrow_mut().push_back(msg);
+        if self.draining.replace(true) {
+            return;
+        }
+        loop {
+            let next = self.queue.borrow_mut().pop_front();
+            match next {
+                Some(m) => self.handle(m),
+                None => break,
+            }
+        }
+        self.draining.set(false);
+    }
+
+    /// Handles a message from another shard (or, via `route`, this one).
+    pub fn handle(&self, msg: Msg) {
+        match msg {
+            Msg::Publish {
+                topic,
+                data,
+                from,
+                token,
+            } => self.owner_publish(topic, data, from, token),
+            Msg::Subscribe {
+                topic,
+                from,
+                token,
+                since,
+            } => self.owner_subscribe(topic, from, token, since),
+            Msg::Unsubscribe { topic, from } => self.owner_unsubscribe(&topic, from),
+            Msg::Deliver { topic, seq, frame } => self.deliver_local(&topic, seq, &frame),
+            Msg::SubAck {
+                topic,
+                token,
+                result,
+            } => self.sub_ack(topic, token, result),
+            Msg::PubAck { token, result } => self.pub_ack(token, result),
+        }
+    }
+
+    // ---- owner side -------------------------------------------------------
+
+    fn owner_publish(&self, topic: Arc<str>, data: Bytes, from: usize, token: usize) {
+        let result = {
+            let mut owned = self.owned.borrow_mut();
+            if !owned.contains_key(&*topic) && owned.len() >= self.config.max_topics {
+                Err(ErrorCode::Limit)
+            } else {
+                let key = match owned.get_key_value(&*topic) {
+                    Some((k, _)) => k.clone(),
+                    None => topic.clone(),
+                };
+                let t = owned
+                    .entry(key.clone())
+                    .or_insert_with(|| Owned::new(self.shards));
+                let (seq, frame) = t.log.publish(&key, &data, self.config.history_limits());
+                // Remote shards first (mesh.send touches no pub/sub state).
+                for (dst, _) in t
+                    .interested
+                    .iter()
+                    .enumerate()
+                    .filter(|(d, i)| **i && *d != self.id)
+                {
+                    self.mesh.send(
+                        dst,
+                        Msg::Deliver {
+                            topic: key.clone(),
+                            seq,
+                            frame: frame.clone(),
+                        },
+                    );
+                }
+                let here = t.interested[self.id];
+                if t.n_interested == 0 && t.log.is_empty() {
+                    owned.remove(&*key);
+                }
+                Ok((key, seq, frame, here))
+            }
+        };
+        let ack = match result {
+            Ok((key, seq, frame, here)) => {
+                self.count(|s| s.published += 1);
+                if here {
+                    self.deliver_local(&key, seq, &frame);
+                }
+                Ok(seq)
+            }
+            Err(e) => Err(e),
+        };
+        self.route(from, Msg::PubAck { token, result: ack });
+    }
+
+    fn owner_subscribe(&self, topic: Arc<str>, from: usize, token: usize, since: Option<u64>) {
+        let result = {
+            let mut owned = self.owned.borrow_mut();
+            if !owned.contains_key(&*topic) && owned.len() >= self.config.max_topics {
+                Err(ErrorCode::Limit)
+            } else {
+                let t = owned
+                    .entry(topic.clone())
+                    .or_insert_with(|| Owned::new(self.shards));
+                if !t.interested[from] {
+                    t.interested[from] = true;
+                    t.n_interested += 1;
+                }
+                Ok(since.map(|s| t.log.replay(s)))
+            }
+        };
+        self.route(
+            from,
+            Msg::SubAck {
+                topic,
+                token,
+                result,
+            },
+        );
+    }
+
+    fn owner_unsubscribe(&self, topic: &str, from: usize) {
+        let mut owned = self.owned.borrow_mut();
+        if let Some(t) = owned.get_mut(topic) {
+            if t.interested[from] {
+                t.interested[from] = false;
+                t.n_interested -= 1;
+            }
+            if t.n_interested == 0 && t.log.is_empty() {
+                owned.remove(topic);
+            }
+        }
+    }
+
+    // ---- subscriber side --------------------------------------------------
+
+    /// A text frame from a `/ws` client.
+    pub fn command(&self, conn: &Rc<Conn>, payload: &Bytes) {
+        match command::parse(payload) {
+            Ok(Command::Subscribe { topic, since, id }) => self.subscribe(conn, topic, since, id),
+            Ok(Command::Unsubscribe { topic, id }) => self.unsubscribe(conn, &topic, id),
+            Ok(Command::Publish { topic, data, id }) => self.publish_ws(conn, topic, data, id),
+            Err(e) => conn.send_reply(reply::error(e.code, &e.message, &e.id)),
+        }
+    }
+
+    fn subscribe(&self, conn: &Rc<Conn>, topic: String, since: Option<u64>, id: Option<Id>) {
+        {
+            let subs = conn.subs.borrow();
+            if subs.iter().any(|s| *s.topic == *topic) {
+                let msg = format!("already subscribed to {topic}");
+                return conn.send_reply(reply::error(ErrorCode::BadRequest, &msg, &id));
+            }
+            if subs.len() >= self.config.max_subscriptions {
+                let msg = format!(
+                    "at most {} subscriptions per connection",
+                    self.config.max_subscriptions
+                );
+                return conn.send_reply(reply::error(ErrorCode::Limit, &msg, &id));
+            }
+        }
+        let mut local = self.local.borrow_mut();
+        let key: Arc<str> = match local.get_key_value(topic.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(topic),
+        };
+        let entry = local.entry(key.clone()).or_default();
+        if entry.live && since.is_none() {
+            let slot = entry.subs.insert(conn.clone());
+            drop(local);
+            conn.subs.borrow_mut().push(Sub {
+                topic: key.clone(),
+                state: SubState::Live(slot),
+            });
+            return conn.send_reply(reply::subscribed(&key, &id));
+        }
+        entry.requests += 1;
+        drop(local);
+        let token = self.pending.borrow_mut().insert(Pending::Sub {
+            conn: Rc::downgrade(conn),
+            id,
+            since,
+        });
+        conn.subs.borrow_mut().push(Sub {
+            topic: key.clone(),
+            state: SubState::Pending(token),
+        });
+        let owner = self.owner(&key);
+        self.route(
+            owner,
+            Msg::Subscribe {
+                topic: key,
+                from: self.id,
+                token,
+                since,
+            },
+        );
+    }
+
+    fn sub_ack(&self, topic: Arc<str>, token: usize, result: Result<Option<Replay>, ErrorCode>) {
+        let Pending::Sub { conn, id, since } = self.pending.borrow_mut().remove(token) else {
+            unreachable!("sub_ack token is a subscription")
+        };
+        // Still wanted? The client may have unsubscribed or gone meanwhile.
+        let conn = conn.upgrade().filter(|c| {
+            c.subs
+                .borrow()
+                .iter()
+                .any(|s| *s.topic == *topic && s.state == SubState::Pending(token))
+        });
+        let mut local = self.local.borrow_mut();
+        let entry = local
+            .get_mut(&*topic)
+            .expect("a pending request keeps the entry");
+        entry.requests -= 1;
+        match (conn, result) {
+            (Some(conn), Ok(replay)) => {
+                entry.live = true;
+                let slot = entry.subs.insert(conn.clone());
+                drop(local);
+                set_state(&conn, &topic, SubState::Live(slot));
+                conn.send_reply(reply::subscribed(&topic, &id));
+                if let Some(Replay { gap, frames }) = replay {
+                    if let Some(first) = gap {
+                        conn.send_reply(reply::gap(&topic, since.unwrap_or(0), first, &id));
+                    }
+                    for (seq, frame) in frames {
+                        self.deliver_to(&conn, &topic, seq, &frame);
+                    }
+                }
+            }
+            (Some(conn), Err(code)) => {
+                drop(local);
+                conn.subs.borrow_mut().retain(|s| *s.topic != *topic);
+                let msg = format!("cannot subscribe to {topic}: too many topics");
+                conn.send_reply(reply::error(code, &msg, &id));
+            }
+            (None, result) => {
+                entry.live |= result.is_ok();
+                drop(local);
+            }
+        }
+        self.maybe_release(&topic);
+    }
+
+    fn unsubscribe(&self, conn: &Rc<Conn>, topic: &str, id: Option<Id>) {
+        let removed = {
+            let mut subs = conn.subs.borrow_mut();
+            subs.iter()
+                .position(|s| *s.topic == *topic)
+                .map(|i| subs.swap_remove(i))
+        };
+        if let Some(sub) = removed {
+            self.drop_sub(sub);
+        }
+        // Idempotent: unsubscribing from a topic one is not subscribed to
+        // is not an error.
+        conn.send_reply(reply::unsubscribed(topic, &id));
+    }
+
+    fn drop_sub(&self, sub: Sub) {
+        if let SubState::Live(slot) = sub.state {
+            if let Some(entry) = self.local.borrow_mut().get_mut(&*sub.topic) {
+                entry.subs.try_remove(slot);
+            }
+        }
+        // A pending one is settled when its ack arrives.
+        self.maybe_release(&sub.topic);
+    }
+
+    /// Tells the owner when the last local subscriber of a topic is gone.
+    fn maybe_release(&self, topic: &Arc<str>) {
+        let release = {
+            let mut local = self.local.borrow_mut();
+            match local.get(&**topic) {
+                Some(e) if e.subs.is_empty() && e.requests == 0 => {
+                    let live = e.live;
+                    local.remove(&**topic);
+                    live
+                }
+                _ => false,
+            }
+        };
+        if release {
+            let owner = self.owner(topic);
+            self.route(
+                owner,
+                Msg::Unsubscribe {
+                    topic: topic.clone(),
+                    from: self.id,
+                },
+            );
+        }
+    }
+
+    /// Cleans up a closed `/ws` connection.
+    pub fn disconnect(&self, conn: &Rc<Conn>) {
+        let subs = std::mem::take(&mut *conn.subs.borrow_mut());
+        for sub in subs {
+            self.drop_sub(sub);
+        }
+    }
+
+    fn publish_ws(&self, conn: &Rc<Conn>, topic: String, data: Bytes, id: Option<Id>) {
+        let topic: Arc<str> = Arc::from(topic);
+        let token = self.pending.borrow_mut().insert(Pending::WsPub {
+            conn: Rc::downgrade(conn),
+            topic: topic.clone(),
+            id,
+        });
+        self.send_publish(topic, data, token);
+    }
+
+    /// `POST /publish/{topic}`: the receiver yields the seq (or the error).
+    pub fn publish_http(
+        &self,
+        topic: &str,
+        data: Bytes,
+    ) -> oneshot::Receiver<Result<u64, ErrorCode>> {
+        let (tx, rx) = oneshot::channel();
+        let token = self.pending.borrow_mut().insert(Pending::HttpPub(tx));
+        self.send_publish(Arc::from(topic), data, token);
+        rx
+    }
+
+    fn send_publish(&self, topic: Arc<str>, data: Bytes, token: usize) {
+        let owner = self.owner(&topic);
+        self.route(
+            owner,
+            Msg::Publish {
+                topic,
+                data,
+                from: self.id,
+                token,
+            },
+        );
+    }
+
+    fn pub_ack(&self, token: usize, result: Result<u64, ErrorCode>) {
+        let pending = self.pending.borrow_mut().remove(token);
+        match pending {
+            Pending::WsPub { conn, topic, id } => {
+                let Some(conn) = conn.upgrade() else { return };
+                match result {
+                    Ok(seq) if id.is_some() => conn.send_reply(reply::published(&topic, seq, &id)),
+                    Ok(_) => {}
+                    Err(code) => {
+                        let msg = format!("cannot publish to {topic}: too many topics");
+                        conn.send_reply(reply::error(code, &msg, &id));
+                    }
+                }
+            }
+            Pending::HttpPub(tx) => {
+                let _ = tx.send(result);
+            }
+            Pending::Sub { .. } => unreachable!("pub_ack token is a publish"),
+        }
+    }
+
+    // ---- delivery -----------------------------------------------------------
+
+    fn deliver_local(&self, topic: &Arc<str>, seq: u64, frame: &Bytes) {
+        let local = self.local.borrow();
+        let Some(entry) = local.get(&**topic) else {
+            return;
+        };
+        if !entry.live {
+            return;
+        }
+        for (_, conn) in entry.subs.iter() {
+            self.deliver_to(conn, topic, seq, frame);
+        }
+    }
+
+    /// One subscriber: the same `Bytes`, queued; the slow-consumer policy
+    /// if it does not fit.
+    fn deliver_to(&self, conn: &Rc<Conn>, topic: &Arc<str>, seq: u64, frame: &Bytes) {
+        if conn.slow.get() {
+            return;
+        }
+        let conflate = self.config.slow_consumer == SlowConsumer::Conflate;
+        match conn
+            .outbox
+            .push_message(topic, seq, frame.clone(), conflate)
+        {
+            Ok(()) => self.count(|s| s.delivered += 1),
+            Err(PushError::Closed) => {}
+            Err(PushError::Full) => {
+                conn.slow.set(true);
+                self.count(|s| s.slow_disconnects += 1);
+                tracing::debug!(shard = self.id, "slow consumer disconnected");
+                conn.start_close(
+                    CloseCode::POLICY,
+                    "slow consumer",
+                    Instant::now() + self.config.close_timeout,
+                );
+            }
+        }
+    }
+}
+
+fn set_state(conn: &Conn, topic: &str, state: SubState) {
+    if let Some(s) = conn
+        .subs
+        .borrow_mut()
+        .iter_mut()
+        .find(|s| *s.topic == *topic)
+    {
+        s.state = state;
+    }
+}
+
+impl Owned {
+    fn new(shards: usize) -> Self {
+        Owned {
+            log: TopicLog::new(),
+            interested: vec![false; shards],
+            n_interested: 0,
+        }
+    }
+}
