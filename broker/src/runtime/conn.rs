@@ -34,6 +34,25 @@ use crate::websocket::{Event, Role, WebSocket};
 /// Reads of at most this much, even while a huge frame is arriving.
 const MAX_READ: usize = 256 * 1024;
 
+/// An idle WebSocket waits with a read buffer this small: most clients of a
+/// push broker only ever send a few short commands, and a buffer pinned to
+/// every idle connection is most of a connection's memory.
+const IDLE_READ: usize = 512;
+
+/// Sizes reads to the traffic: doubles while reads fill the buffer, halves
+/// while they stay small, between [`IDLE_READ`] and [`MAX_READ`].
+struct ReadSize(usize);
+
+impl ReadSize {
+    fn after(&mut self, asked: usize, got: usize) {
+        if got >= asked {
+            self.0 = (self.0 * 2).min(MAX_READ);
+        } else if got < self.0 / 4 {
+            self.0 = (self.0 / 2).max(IDLE_READ);
+        }
+    }
+}
+
 /// Payloads up to this size are copied behind their header into one
 /// buffer; larger ones are sent as header + the original `Bytes`.
 const COPY_THRESHOLD: usize = 16 * 1024;
@@ -181,24 +200,34 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
     shard.task_done(key, &conn);
 }
 
-/// Reads one more chunk into `buf`; false on EOF or error.
-async fn read_more(conn: &Conn, buf: &mut BytesMut, want: usize) -> bool {
-    if buf.capacity() - buf.len() < want / 2 + 1 {
+/// Reads one more chunk into `buf`; `None` on EOF or error, else how many
+/// bytes arrived and how many could have.
+async fn read_into(conn: &Conn, buf: &mut BytesMut, want: usize) -> Option<(usize, usize)> {
+    if buf.is_empty() && buf.capacity() > 2 * want {
+        // Do not keep a large buffer pinned while waiting.
+        *buf = BytesMut::with_capacity(want);
+    } else if buf.capacity() - buf.len() < want / 2 + 1 {
         buf.reserve(want);
     }
     // tokio-uring reads into the start of a buffer and sets its length;
     // reading into the spare capacity keeps the unconsumed bytes in front.
     let start = buf.len();
+    let asked = buf.capacity() - start;
     let (res, slice) = conn.stream.read(std::mem::take(buf).slice(start..)).await;
     *buf = slice.into_inner();
     match res {
-        Ok(0) | Err(_) => false,
-        Ok(_) => {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
             conn.last_rx.set(Instant::now());
             conn.ping_sent.set(false);
-            true
+            Some((n, asked))
         }
     }
+}
+
+/// [`read_into`] when the sizes do not matter.
+async fn read_more(conn: &Conn, buf: &mut BytesMut, want: usize) -> bool {
+    read_into(conn, buf, want).await.is_some()
 }
 
 /// Reads and serves one HTTP request.
@@ -417,6 +446,7 @@ async fn websocket(
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
     debug!(shard = shard.id, ?endpoint, "websocket open");
+    let mut size = ReadSize(IDLE_READ);
     loop {
         loop {
             let (res, open, closed) = {
@@ -453,11 +483,14 @@ async fn websocket(
             }
         }
         let hint = conn.ws.borrow().as_ref().map_or(0, WebSocket::read_hint);
-        let want = hint.clamp(shard.config.read_buffer, MAX_READ);
-        if !read_more(conn, buf, want).await {
-            debug!(shard = shard.id, "websocket peer went away");
-            conn.outbox.close();
-            return Next::Gone;
+        let want = hint.clamp(size.0, MAX_READ);
+        match read_into(conn, buf, want).await {
+            Some((got, asked)) => size.after(asked, got),
+            None => {
+                debug!(shard = shard.id, "websocket peer went away");
+                conn.outbox.close();
+                return Next::Gone;
+            }
         }
     }
 }
@@ -488,4 +521,27 @@ async fn drain(conn: &Conn, mut buf: BytesMut) {
 /// Reader for a connection refused before reading anything (overload).
 pub async fn drain_only(conn: &Conn) {
     drain(conn, BytesMut::with_capacity(1024)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_follows_the_traffic() {
+        let mut s = ReadSize(IDLE_READ);
+        s.after(512, 512);
+        s.after(1024, 1024);
+        assert_eq!(s.0, 2048);
+        for _ in 0..20 {
+            s.after(s.0, s.0);
+        }
+        assert_eq!(s.0, MAX_READ);
+        for _ in 0..20 {
+            s.after(s.0, 10);
+        }
+        assert_eq!(s.0, IDLE_READ);
+        s.after(512, 300);
+        assert_eq!(s.0, IDLE_READ, "a moderately full read keeps the size");
+    }
 }
