@@ -64,8 +64,8 @@ pub enum HttpError {
     TooManyHeaders,
     /// Not parseable as HTTP/1.x.
     Malformed,
-    /// Only GET may upgrade.
-    MethodNotAllowed,
+    /// The endpoint takes another method (the one named; an upgrade takes GET).
+    MethodNotAllowed(&'static str),
     /// HTTP/1.0 cannot upgrade.
     VersionTooOld,
     /// HTTP/1.1 requires `Host`.
@@ -97,7 +97,7 @@ impl HttpError {
     pub fn status(self) -> u16 {
         match self {
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
-            HttpError::MethodNotAllowed => 405,
+            HttpError::MethodNotAllowed(_) => 405,
             HttpError::VersionTooOld => 505,
             HttpError::UnsupportedVersion => 426,
             HttpError::OriginRejected => 403,
@@ -120,7 +120,7 @@ impl HttpError {
             HttpError::HeadTooLarge => "request head too large",
             HttpError::TooManyHeaders => "too many headers",
             HttpError::Malformed => "malformed request",
-            HttpError::MethodNotAllowed => "method not allowed",
+            HttpError::MethodNotAllowed(_) => "method not allowed",
             HttpError::VersionTooOld => "HTTP/1.1 or later required",
             HttpError::MissingHost => "missing Host header",
             HttpError::NotAnUpgrade => "websocket upgrade required",

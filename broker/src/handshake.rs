@@ -105,7 +105,7 @@ impl Accepted {
 /// Validates an upgrade request (RFC 6455 section 4.2.1).
 pub fn accept(req: &Request, policy: &dyn HandshakePolicy) -> Result<Accepted, HttpError> {
     if req.method != "GET" {
-        return Err(HttpError::MethodNotAllowed);
+        return Err(HttpError::MethodNotAllowed("GET"));
     }
     if req.version < 1 {
         return Err(HttpError::VersionTooOld);
@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn each_requirement_has_its_error() {
         let cases = [
-            (GOOD.replace("GET", "POST"), HttpError::MethodNotAllowed),
+            (
+                GOOD.replace("GET", "POST"),
+                HttpError::MethodNotAllowed("GET"),
+            ),
             (
                 GOOD.replace("HTTP/1.1", "HTTP/1.0"),
                 HttpError::VersionTooOld,

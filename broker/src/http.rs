@@ -211,7 +211,7 @@ impl HttpError {
                 headers.push(("Sec-WebSocket-Version", "13"));
                 headers.push(("Upgrade", "websocket"));
             }
-            HttpError::MethodNotAllowed => headers.push(("Allow", "GET")),
+            HttpError::MethodNotAllowed(allow) => headers.push(("Allow", allow)),
             _ => {}
         }
         response(self.status(), &headers, body.as_bytes())

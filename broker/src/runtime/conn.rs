@@ -316,8 +316,10 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
         ("POST", p) if p.starts_with("/publish/") => {
             publish(shard, conn, &req, &p["/publish/".len()..], keep, buf).await
         }
-        (_, "/healthz") => reject(shard, conn, HttpError::MethodNotAllowed),
-        (_, p) if p.starts_with("/publish/") => reject(shard, conn, HttpError::MethodNotAllowed),
+        (_, "/healthz") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
+        (_, p) if p.starts_with("/publish/") => {
+            reject(shard, conn, HttpError::MethodNotAllowed("POST"))
+        }
         _ => reject(shard, conn, HttpError::NotFound),
     }
 }
