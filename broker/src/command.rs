@@ -131,7 +131,9 @@ pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
         Some(raw) => {
             let text = raw.get();
             let is_string = text.starts_with('"');
-            let is_number = serde_json::from_str::<serde_json::Number>(text).is_ok();
+            // Any JSON number, even one no machine type holds (1e400): the
+            // raw value is already valid JSON, so its first byte decides.
+            let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
             if !(is_string || is_number) {
                 return Err(fail(
                     ErrorCode::BadRequest,
@@ -319,6 +321,18 @@ mod tests {
             code(r#"{"op":"publish","topic":"t","id":{}}"#),
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn ids_are_numbers_or_strings_of_any_size() {
+        for bad in ["{}", "[1]", "null", "true"] {
+            let cmd = format!(r#"{{"op":"publish","topic":"t","data":1,"id":{bad}}}"#);
+            assert_eq!(code(&cmd), ErrorCode::BadRequest, "{bad}");
+        }
+        for good in ["1e400", "-0.5", "\"x\"", "18446744073709551616"] {
+            let cmd = format!(r#"{{"op":"publish","topic":"t","data":1,"id":{good}}}"#);
+            assert!(p(&cmd).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -41,13 +41,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
-    })
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        other => Err(format!("invalid duration unit {other:?} in {s:?}")),
+    }
 }
 
 fn default_shards() -> usize {
@@ -314,6 +319,7 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("999999999999999999h").is_err());
     }
 
     #[test]

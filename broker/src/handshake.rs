@@ -201,6 +201,9 @@ impl ClientHandshake {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) if n > max_head => {
+                return Err(HttpError::HeadTooLarge)
+            }
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > max_head => {
                 return Err(HttpError::HeadTooLarge)
@@ -359,6 +362,11 @@ mod tests {
         let (n, proto) = client.parse_response(&resp, 4096).unwrap().unwrap();
         assert_eq!(n, resp.len() - 2);
         assert_eq!(proto.as_deref(), Some("ringcast.v1"));
+        // The head limit holds however the response arrives.
+        assert_eq!(
+            client.parse_response(&resp, 64),
+            Err(HttpError::HeadTooLarge)
+        );
         // Partial response: need more.
         assert_eq!(client.parse_response(&resp[..10], 4096), Ok(None));
         // A tampered accept is refused.

@@ -57,6 +57,8 @@ pub struct Outbox {
     limit: usize,
     /// Control bytes queued since the queue was last empty.
     control: Cell<usize>,
+    /// Replay bytes queued past the bound and not yet written.
+    replay: Cell<usize>,
     /// Conflated messages waiting for room, one per topic.
     held: RefCell<Vec<Held>>,
     state: Cell<State>,
@@ -71,6 +73,7 @@ impl Outbox {
             queued: Cell::new(0),
             limit,
             control: Cell::new(0),
+            replay: Cell::new(0),
             held: RefCell::new(Vec::new()),
             state: Cell::new(State::Open),
             work: Notify::new(),
@@ -102,7 +105,7 @@ impl Outbox {
         if buf.is_empty() {
             return Ok(());
         }
-        if self.queued.get() > 0 && self.queued.get() + buf.len() > self.limit {
+        if self.queued.get() > 0 && self.queued.get() + buf.len() > self.limit + self.replay.get() {
             return Err(PushError::Full);
         }
         self.enqueue(buf);
@@ -122,6 +125,22 @@ impl Outbox {
         }
         self.control.set(self.control.get() + buf.len());
         self.enqueue(buf);
+        Ok(())
+    }
+
+    /// Queues a replayed (retained) message past the bound, up to `allowance`
+    /// bytes in flight: a resume is a one-off burst bounded by the topic's
+    /// history, and live messages behind it must not count it against the
+    /// client. Past the allowance it is an ordinary message.
+    pub fn push_replay(&self, frame: Bytes, allowance: usize) -> Result<(), PushError> {
+        if self.state.get() != State::Open {
+            return Err(PushError::Closed);
+        }
+        if self.replay.get() + frame.len() > allowance {
+            return self.try_push(frame);
+        }
+        self.replay.set(self.replay.get() + frame.len());
+        self.enqueue(frame);
         Ok(())
     }
 
@@ -161,6 +180,11 @@ impl Outbox {
         self.try_push(frame)
     }
 
+    /// Forgets a topic's conflated message (the client unsubscribed).
+    pub fn drop_held(&self, topic: &str) {
+        self.held.borrow_mut().retain(|h| *h.topic != *topic);
+    }
+
     /// Topics with a conflated message waiting.
     pub fn held_topics(&self) -> usize {
         self.held.borrow().len()
@@ -181,16 +205,26 @@ impl Outbox {
         }
     }
 
-    /// Queues, waiting for the writer to make room: backpressure for a
-    /// producer that may wait (the connection's own reader). Returns false
-    /// if the connection closed meanwhile.
-    pub async fn push(&self, buf: Bytes) -> bool {
+    /// Queues one frame given as a header and an optional separate
+    /// payload, waiting for the writer to make room: backpressure for a
+    /// producer that may wait (the connection's own reader). Both parts are
+    /// queued together, so nothing another task queues (a ping, the close
+    /// at shutdown) can land between a header and its payload. Returns
+    /// false if the connection closed meanwhile.
+    pub async fn push(&self, head: Bytes, payload: Option<Bytes>) -> bool {
+        let len = head.len() + payload.as_ref().map_or(0, Bytes::len);
         loop {
-            match self.try_push(buf.clone()) {
-                Ok(()) => return true,
-                Err(PushError::Closed) => return false,
-                Err(PushError::Full) => self.space.notified().await,
+            if self.state.get() != State::Open {
+                return false;
             }
+            if self.queued.get() == 0 || self.queued.get() + len <= self.limit + self.replay.get() {
+                self.enqueue(head);
+                if let Some(p) = payload {
+                    self.enqueue(p);
+                }
+                return true;
+            }
+            self.space.notified().await;
         }
     }
 
@@ -225,6 +259,8 @@ impl Outbox {
     /// The writer finished writing `bytes` of what it took.
     pub fn written(&self, bytes: usize) {
         self.queued.set(self.queued.get().saturating_sub(bytes));
+        // Replay bytes went in first, so they are written first.
+        self.replay.set(self.replay.get().saturating_sub(bytes));
         if self.is_empty() {
             self.control.set(0);
         }
@@ -340,11 +376,67 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_burst_does_not_count_against_live_messages() {
+        let t: Arc<str> = Arc::from("t");
+        let o = Outbox::new(100);
+        for _ in 0..10 {
+            o.push_replay(b(50), 500).unwrap();
+        }
+        assert_eq!(o.queued_bytes(), 500);
+        // Live messages still have the normal bound beyond the replay.
+        o.push_message(&t, 11, b(50), false).unwrap();
+        o.push_message(&t, 12, b(50), false).unwrap();
+        assert_eq!(o.push_message(&t, 13, b(50), false), Err(PushError::Full));
+        // Past the allowance a replay is an ordinary (refused) message.
+        assert_eq!(o.push_replay(b(50), 500), Err(PushError::Full));
+        drain(&o);
+        assert_eq!(o.queued_bytes(), 0);
+        o.push_message(&t, 13, b(50), false).unwrap();
+    }
+
+    #[test]
     fn without_conflation_a_full_queue_refuses() {
         let t: Arc<str> = Arc::from("t");
         let o = Outbox::new(10);
         o.push_message(&t, 1, b(10), false).unwrap();
         assert_eq!(o.push_message(&t, 2, b(10), false), Err(PushError::Full));
+    }
+
+    /// A frame's header and payload are queued back to back even when the
+    /// producer had to wait for room and another task queued a control
+    /// frame meanwhile.
+    #[test]
+    fn a_frame_is_queued_whole() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let o = std::rc::Rc::new(Outbox::new(100));
+            o.try_push(b(90)).unwrap();
+            let producer = {
+                let o = o.clone();
+                tokio::task::spawn_local(async move {
+                    o.push(Bytes::from_static(b"HEAD"), Some(b(1000))).await
+                })
+            };
+            tokio::task::yield_now().await; // the producer now waits for room
+            o.push_control(Bytes::from_static(b"CLOSE")).unwrap();
+            let mut order = Vec::new();
+            while order.len() < 4 {
+                let mut batch = Vec::new();
+                o.take_batch(&mut batch, 64);
+                o.written(batch.iter().map(Bytes::len).sum());
+                order.extend(batch.into_iter().map(|x| x.len()));
+                tokio::task::yield_now().await;
+            }
+            assert!(producer.await.unwrap());
+            assert_eq!(
+                order,
+                [90, 5, 4, 1000],
+                "CLOSE may precede the frame, never split it"
+            );
+        });
     }
 
     #[test]

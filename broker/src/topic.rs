@@ -79,6 +79,9 @@ pub struct TopicLog {
     last_seq: u64,
     history: VecDeque<(u64, Bytes)>,
     bytes: usize,
+    /// The last seq that could not be retained (too big for the byte
+    /// budget): a replay must not skip over it silently.
+    unretained: u64,
 }
 
 impl Default for TopicLog {
@@ -93,6 +96,7 @@ impl TopicLog {
             last_seq: 0,
             history: VecDeque::new(),
             bytes: 0,
+            unretained: 0,
         }
     }
 
@@ -123,10 +127,9 @@ impl TopicLog {
                 self.bytes -= old.len();
             }
         } else {
-            // Not retainable: what is retained is older than this message,
-            // so a replay would skip it silently. Drop it all.
-            self.history.clear();
-            self.bytes = 0;
+            // Not retainable. What is retained stays (so the topic and its
+            // seq live on), but replays from before this seq report a gap.
+            self.unretained = self.last_seq;
         }
         (self.last_seq, frame)
     }
@@ -143,11 +146,20 @@ impl TopicLog {
                 frames: self.history.iter().cloned().collect(),
             };
         }
-        let gap = (since + 1 < first_retained).then_some(first_retained);
+        // Only what follows the newest unretained message can be replayed
+        // without a hole.
+        let from = since.max(self.unretained);
+        let first = self
+            .history
+            .iter()
+            .map(|(s, _)| *s)
+            .find(|s| *s > from)
+            .unwrap_or(self.last_seq + 1);
+        let gap = (since + 1 < first).then_some(first);
         let frames = self
             .history
             .iter()
-            .filter(|(s, _)| *s > since)
+            .filter(|(s, _)| *s > from)
             .cloned()
             .collect();
         Replay { gap, frames }
@@ -242,12 +254,18 @@ mod tests {
             log.publish("t", b"\"xxxxxxxx\"", limits);
         }
         assert_eq!(log.retained(), (2, one * 2));
-        // A message bigger than the whole budget empties the history, so a
-        // replay never skips it silently: it reports the gap instead.
+        // A message bigger than the whole budget is not retained; replays
+        // from before it report the gap instead of skipping it silently,
+        // and the topic (with its seq) is not forgotten.
         log.publish("t", &[b'1'; 500], limits);
-        assert!(log.is_empty());
+        assert!(!log.is_empty());
         let r = log.replay(3);
         assert_eq!((r.gap, r.frames.len()), (Some(6), 0));
+        log.publish("t", b"\"xxxxxxxx\"", limits);
+        let r = log.replay(3);
+        assert_eq!((r.gap, seqs(&r)), (Some(6), vec![6]));
+        let r = log.replay(5);
+        assert_eq!((r.gap, seqs(&r)), (None, vec![6]));
         let none = HistoryLimits {
             max_messages: 0,
             max_bytes: 1 << 20,

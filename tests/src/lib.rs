@@ -166,11 +166,12 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Sends a raw HTTP request and reads the full response until the server
-/// closes (every non-upgrade response in ringcast ends the connection).
+/// Sends a raw HTTP request, half-closes (so a kept-alive connection ends
+/// after the response) and reads everything until the server closes.
 pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = tcp(addr);
     s.write_all(request).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -185,7 +186,13 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket to `path`, verifying the server's accept key.
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream = tcp(addr);
+        Self::handshake(tcp(addr), path)
+    }
+
+    /// Opens a WebSocket to `path` over an already connected `stream`
+    /// (e.g. one from [`tcp_with_rcvbuf`]).
+    pub fn handshake(mut stream: TcpStream, path: &str) -> RawWs {
+        let addr = stream.peer_addr().expect("connected stream");
         let (hs, request) = ClientHandshake::new(&addr.to_string(), path, &[]);
         stream.write_all(&request).unwrap();
         let mut buf = BytesMut::new();
@@ -276,4 +283,211 @@ fn rand_key() -> [u8; 4] {
     let t = Instant::now().elapsed().as_nanos() as u32 ^ std::process::id();
     let x = t.wrapping_mul(0x9e37_79b9) | 1;
     x.to_be_bytes()
+}
+
+/// A TCP connection like [`tcp`] whose receive buffer is set to `rcvbuf`
+/// bytes *before* connecting, so the window it advertises stays small: a
+/// client that stops reading makes the server's queue grow quickly.
+pub fn tcp_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("tcp_with_rcvbuf: IPv4 only, got {addr}")
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; it is handed to
+    // `TcpStream` (which closes it) right after a successful connect and
+    // closed by hand on every failure path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let size = rcvbuf as libc::c_int;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            panic!("setsockopt(SO_RCVBUF): {e}");
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            panic!("connect: {e}");
+        }
+        let s = TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+}
+
+/// The resident set size of process `pid`, in bytes (`VmRSS` in
+/// `/proc/PID/status`).
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/PID/status");
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .expect("VmRSS value");
+    kib * 1024
+}
+
+/// One HTTP response read by [`HttpConn`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names and values as sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body_text()))
+    }
+}
+
+/// A blocking HTTP/1.1 client connection that can send several requests
+/// (keep-alive) and reads responses framed by `Content-Length`.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr) -> HttpConn {
+        HttpConn {
+            stream: tcp(addr),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes raw request bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// `POST path` with `Content-Length`, keeping the connection alive;
+    /// returns the response.
+    pub fn post(&mut self, path: &str, body: &[u8]) -> HttpResponse {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.send_raw(&req);
+        self.read_response()
+            .unwrap_or_else(|| panic!("connection closed before the response to POST {path}"))
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("HTTP read failed: {e}"),
+        }
+    }
+
+    /// Reads one response. `None`: the server closed the connection before
+    /// sending a byte of it.
+    pub fn read_response(&mut self) -> Option<HttpResponse> {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill() {
+                assert!(
+                    self.buf.is_empty(),
+                    "connection closed inside a response head: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("ASCII head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header {l:?}"));
+                (n.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().expect("numeric Content-Length"))
+            .unwrap_or_else(|| panic!("response without Content-Length: {head:?}"));
+        while self.buf.len() < head_end + len {
+            assert!(self.fill(), "connection closed inside a response body");
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        Some(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The server must end the connection (after any response already read).
+    pub fn expect_eof(&mut self) {
+        assert!(
+            !self.fill(),
+            "expected the server to close, got more bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
 }

@@ -466,7 +466,11 @@ async fn websocket(
                     send(conn, OpCode::Binary, p).await
                 }
                 (Ok(Some(Event::Text(p))), Endpoint::PubSub) if open => {
-                    shard.pubsub.command(conn, &p)
+                    // Replies come in command order: wait for an answer
+                    // that needs the topic's owner before the next command.
+                    if let Some(answered) = shard.pubsub.command(conn, &p) {
+                        let _ = answered.await;
+                    }
                 }
                 (Ok(Some(Event::Binary(_))), Endpoint::PubSub) if open => {
                     conn.send_reply(reply::error(
@@ -499,11 +503,7 @@ async fn websocket(
 
 async fn send(conn: &Conn, opcode: OpCode, payload: Bytes) {
     let (head, rest) = data_frame(opcode, payload);
-    if conn.outbox.push(head).await {
-        if let Some(rest) = rest {
-            conn.outbox.push(rest).await;
-        }
-    }
+    conn.outbox.push(head, rest).await;
 }
 
 /// Reads and discards until the peer closes; the sweeper's deadline ends

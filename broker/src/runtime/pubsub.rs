@@ -15,7 +15,8 @@
 //! retained messages after `since`, and every later message comes after it.
 //! So the client gets `subscribed`, then the replay, then live messages:
 //! no gap, no duplicate. Until the ack, a pending subscriber receives
-//! nothing.
+//! nothing, and its connection's reader handles no further command, so the
+//! replies to one connection's commands come in the order of the commands.
 //!
 //! Messages to this shard itself skip the mesh and are handled in place,
 //! through a local queue so a handler never re-enters another.
@@ -118,6 +119,8 @@ enum Pending {
         conn: Weak<Conn>,
         id: Option<Id>,
         since: Option<u64>,
+        /// Tells the connection's reader the command is answered.
+        done: oneshot::Sender<()>,
     },
     WsPub {
         conn: Weak<Conn>,
@@ -323,30 +326,49 @@ impl PubSub {
 
     // ---- subscriber side --------------------------------------------------
 
-    /// A text frame from a `/ws` client.
-    pub fn command(&self, conn: &Rc<Conn>, payload: &Bytes) {
+    /// A text frame from a `/ws` client. When the reply must wait for the
+    /// topic's owner, returns a receiver that fires once it is queued; the
+    /// reader waits for it before the next command, so one connection's
+    /// replies come in the order of its commands.
+    pub fn command(&self, conn: &Rc<Conn>, payload: &Bytes) -> Option<oneshot::Receiver<()>> {
         match command::parse(payload) {
-            Ok(Command::Subscribe { topic, since, id }) => self.subscribe(conn, topic, since, id),
+            Ok(Command::Subscribe { topic, since, id }) => {
+                return self.subscribe(conn, topic, since, id)
+            }
             Ok(Command::Unsubscribe { topic, id }) => self.unsubscribe(conn, &topic, id),
             Ok(Command::Publish { topic, data, id }) => self.publish_ws(conn, topic, data, id),
             Err(e) => conn.send_reply(reply::error(e.code, &e.message, &e.id)),
         }
+        None
     }
 
-    fn subscribe(&self, conn: &Rc<Conn>, topic: String, since: Option<u64>, id: Option<Id>) {
-        {
+    fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        topic: String,
+        since: Option<u64>,
+        id: Option<Id>,
+    ) -> Option<oneshot::Receiver<()>> {
+        let refusal = {
             let subs = conn.subs.borrow();
             if subs.iter().any(|s| *s.topic == *topic) {
-                let msg = format!("already subscribed to {topic}");
-                return conn.send_reply(reply::error(ErrorCode::BadRequest, &msg, &id));
+                Some((
+                    ErrorCode::BadRequest,
+                    format!("already subscribed to {topic}"),
+                ))
+            } else if subs.len() >= self.config.max_subscriptions {
+                let max = self.config.max_subscriptions;
+                Some((
+                    ErrorCode::Limit,
+                    format!("at most {max} subscriptions per connection"),
+                ))
+            } else {
+                None
             }
-            if subs.len() >= self.config.max_subscriptions {
-                let msg = format!(
-                    "at most {} subscriptions per connection",
-                    self.config.max_subscriptions
-                );
-                return conn.send_reply(reply::error(ErrorCode::Limit, &msg, &id));
-            }
+        };
+        if let Some((code, msg)) = refusal {
+            conn.send_reply(reply::error(code, &msg, &id));
+            return None;
         }
         let mut local = self.local.borrow_mut();
         let key: Arc<str> = match local.get_key_value(topic.as_str()) {
@@ -355,20 +377,24 @@ impl PubSub {
         };
         let entry = local.entry(key.clone()).or_default();
         if entry.live && since.is_none() {
+            // This shard already receives the topic: live at once.
             let slot = entry.subs.insert(conn.clone());
             drop(local);
             conn.subs.borrow_mut().push(Sub {
                 topic: key.clone(),
                 state: SubState::Live(slot),
             });
-            return conn.send_reply(reply::subscribed(&key, &id));
+            conn.send_reply(reply::subscribed(&key, &id));
+            return None;
         }
         entry.requests += 1;
         drop(local);
+        let (done, answered) = oneshot::channel();
         let token = self.pending.borrow_mut().insert(Pending::Sub {
             conn: Rc::downgrade(conn),
             id,
             since,
+            done,
         });
         conn.subs.borrow_mut().push(Sub {
             topic: key.clone(),
@@ -384,13 +410,22 @@ impl PubSub {
                 since,
             },
         );
+        Some(answered)
     }
 
     fn sub_ack(&self, topic: Arc<str>, token: usize, result: Result<Option<Replay>, ErrorCode>) {
-        let Pending::Sub { conn, id, since } = self.pending.borrow_mut().remove(token) else {
+        let Pending::Sub {
+            conn,
+            id,
+            since,
+            done,
+        } = self.pending.borrow_mut().remove(token)
+        else {
             unreachable!("sub_ack token is a subscription")
         };
-        // Still wanted? The client may have unsubscribed or gone meanwhile.
+        // The reader waits on this; released however this ends.
+        let _answered = Answered(Some(done));
+        // Still wanted? The connection may have gone meanwhile.
         let conn = conn.upgrade().filter(|c| {
             c.subs
                 .borrow()
@@ -413,8 +448,12 @@ impl PubSub {
                     if let Some(first) = gap {
                         conn.send_reply(reply::gap(&topic, since.unwrap_or(0), first, &id));
                     }
+                    let allowance = self.config.history_bytes;
                     for (seq, frame) in frames {
-                        self.deliver_to(&conn, &topic, seq, &frame);
+                        match conn.outbox.push_replay(frame.clone(), allowance) {
+                            Ok(()) => self.count(|s| s.delivered += 1),
+                            Err(_) => self.deliver_to(&conn, &topic, seq, &frame),
+                        }
                     }
                 }
             }
@@ -439,19 +478,22 @@ impl PubSub {
                 .position(|s| *s.topic == *topic)
                 .map(|i| subs.swap_remove(i))
         };
+        // Never pending here: the reader waited for the subscription's ack.
         if let Some(sub) = removed {
-            self.drop_sub(sub);
+            self.drop_sub(conn, sub);
         }
         // Idempotent: unsubscribing from a topic one is not subscribed to
         // is not an error.
         conn.send_reply(reply::unsubscribed(topic, &id));
     }
 
-    fn drop_sub(&self, sub: Sub) {
+    fn drop_sub(&self, conn: &Conn, sub: Sub) {
         if let SubState::Live(slot) = sub.state {
             if let Some(entry) = self.local.borrow_mut().get_mut(&*sub.topic) {
                 entry.subs.try_remove(slot);
             }
+            // A conflated message of this topic must not follow `unsubscribed`.
+            conn.outbox.drop_held(&sub.topic);
         }
         // A pending one is settled when its ack arrives.
         self.maybe_release(&sub.topic);
@@ -486,7 +528,7 @@ impl PubSub {
     pub fn disconnect(&self, conn: &Rc<Conn>) {
         let subs = std::mem::take(&mut *conn.subs.borrow_mut());
         for sub in subs {
-            self.drop_sub(sub);
+            self.drop_sub(conn, sub);
         }
     }
 
@@ -584,6 +626,17 @@ impl PubSub {
                     Instant::now() + self.config.close_timeout,
                 );
             }
+        }
+    }
+}
+
+/// Releases the waiting reader when dropped, after the replies are queued.
+struct Answered(Option<oneshot::Sender<()>>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
         }
     }
 }
