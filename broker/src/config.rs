@@ -162,6 +162,15 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = SlowConsumer::Disconnect)]
     pub slow_consumer: SlowConsumer,
 
+    /// Long-poll requests a shard holds at once; past it, `503`.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_polls: usize,
+
+    /// Longest `timeout_ms` a long-poll may ask for (default when absent:
+    /// 30 s or this, whichever is shorter).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub max_poll_timeout: Duration,
+
     /// Allowed `Origin` values, comma-separated. Empty: any origin.
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -294,6 +303,8 @@ impl fmt::Display for Config {
             self.max_subscriptions
         )?;
         writeln!(f, "  slow-consumer      {:?}", self.slow_consumer)?;
+        writeln!(f, "  max-polls          {} per shard", self.max_polls)?;
+        writeln!(f, "  max-poll-timeout   {:?}", self.max_poll_timeout)?;
         writeln!(f, "  allowed-origins    {}", list(&self.allowed_origins))?;
         let protocols = if self.subprotocols.is_empty() {
             "(none)".to_string()

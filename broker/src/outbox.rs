@@ -61,6 +61,8 @@ pub struct Outbox {
     replay: Cell<usize>,
     /// Conflated messages waiting for room, one per topic.
     held: RefCell<Vec<Held>>,
+    /// The connection speaks Server-Sent Events: notices are SSE events.
+    sse: Cell<bool>,
     state: Cell<State>,
     work: Notify,
     space: Notify,
@@ -75,6 +77,7 @@ impl Outbox {
             control: Cell::new(0),
             replay: Cell::new(0),
             held: RefCell::new(Vec::new()),
+            sse: Cell::new(false),
             state: Cell::new(State::Open),
             work: Notify::new(),
             space: Notify::new(),
@@ -180,6 +183,11 @@ impl Outbox {
         self.try_push(frame)
     }
 
+    /// Encode conflation notices as Server-Sent Events.
+    pub fn set_sse(&self) {
+        self.sse.set(true);
+    }
+
     /// Forgets a topic's conflated message (the client unsubscribed).
     pub fn drop_held(&self, topic: &str) {
         self.held.borrow_mut().retain(|h| *h.topic != *topic);
@@ -199,7 +207,11 @@ impl Outbox {
         let held = std::mem::take(&mut *self.held.borrow_mut());
         for h in held {
             if h.seq > h.first {
-                self.enqueue(crate::reply::skipped(&h.topic, h.first, h.seq - 1));
+                self.enqueue(if self.sse.get() {
+                    crate::reply::sse_skipped(&h.topic, h.first, h.seq - 1)
+                } else {
+                    crate::reply::skipped(&h.topic, h.first, h.seq - 1)
+                });
             }
             self.enqueue(h.frame);
         }

@@ -166,6 +166,71 @@ pub fn error(code: ErrorCode, message: &str, id: &Option<Id>) -> Bytes {
     finish(out)
 }
 
+/// The JSON part of a `gap` or `skipped` notice, for HTTP transports.
+fn notice_json(frame: Bytes) -> Bytes {
+    message_json(&frame)
+}
+
+/// One Server-Sent Event for a message frame: `id: N`, `data: <message
+/// object>`. Built once per delivery per shard from the frame's JSON (a
+/// slice of the same buffer), whatever the number of SSE subscribers.
+pub fn sse_event(seq: u64, frame: &Bytes) -> Bytes {
+    let json = message_json(frame);
+    let mut out = BytesMut::with_capacity(json.len() + 40);
+    out.put_slice(b"id: ");
+    put_u64(&mut out, seq);
+    out.put_slice(b"\ndata: ");
+    out.put_slice(&json);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// A named SSE event (`event: gap`, `event: skipped`) carrying the JSON of
+/// the equivalent WebSocket notice.
+fn sse_named(event: &str, frame: Bytes) -> Bytes {
+    let json = notice_json(frame);
+    let mut out = BytesMut::with_capacity(json.len() + 24);
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(&json);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// The SSE form of [`gap`].
+pub fn sse_gap(topic: &str, since: u64, first_seq: u64) -> Bytes {
+    sse_named("gap", gap(topic, since, first_seq, &None))
+}
+
+/// The SSE form of [`skipped`].
+pub fn sse_skipped(topic: &str, from: u64, to: u64) -> Bytes {
+    sse_named("skipped", skipped(topic, from, to))
+}
+
+/// An SSE comment line: keeps proxies and the browser from timing out.
+pub const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// A long-poll response body: a JSON array of message objects (and a `gap`
+/// object first when some were no longer retained).
+pub fn poll_body(gap_notice: Option<Bytes>, frames: &[Bytes]) -> Bytes {
+    let parts: Vec<Bytes> = gap_notice
+        .map(notice_json)
+        .into_iter()
+        .chain(frames.iter().map(message_json))
+        .collect();
+    let mut out = BytesMut::with_capacity(2 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    out.put_u8(b'[');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(p);
+    }
+    out.put_u8(b']');
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +295,28 @@ mod tests {
         let e = json(&error(ErrorCode::BadTopic, "bad \"topic\"\n\u{1}", &None));
         assert_eq!(e["code"], "bad_topic");
         assert_eq!(e["message"], "bad \"topic\"\n\u{1}");
+    }
+
+    #[test]
+    fn sse_and_poll_forms() {
+        let f = message("t.x", 7, br#"{"a":1}"#);
+        assert_eq!(
+            &sse_event(7, &f)[..],
+            &b"id: 7\ndata: {\"op\":\"message\",\"topic\":\"t.x\",\"seq\":7,\"data\":{\"a\":1}}\n\n"[..]
+        );
+        let g = sse_gap("t.x", 1, 5);
+        assert!(g.starts_with(b"event: gap\ndata: {\"op\":\"gap\""));
+        assert!(sse_skipped("t.x", 2, 3).starts_with(b"event: skipped\n"));
+        let body = poll_body(None, &[f.clone(), message("t.x", 8, b"2")]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v[0]["seq"], 7);
+        assert_eq!(v[1]["data"], 2);
+        assert_eq!(&poll_body(None, &[])[..], b"[]");
+        let with_gap = poll_body(Some(gap("t.x", 0, 7, &None)), &[f]);
+        let v: serde_json::Value = serde_json::from_slice(&with_gap).unwrap();
+        assert_eq!(
+            (v[0]["op"].as_str(), v[1]["op"].as_str()),
+            (Some("gap"), Some("message"))
+        );
     }
 }

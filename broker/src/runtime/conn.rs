@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::debug;
@@ -63,9 +64,22 @@ pub enum Phase {
     Http,
     /// An open WebSocket.
     WebSocket,
+    /// A Server-Sent Events response is streaming.
+    Stream,
     /// Our last bytes are queued; reading and discarding until the peer
     /// closes or the deadline passes.
     Closing,
+}
+
+/// How a subscribed connection receives messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/ws`: the pre-encoded WebSocket frame.
+    WebSocket,
+    /// `/sse/{topic}`: one SSE event per message.
+    Sse,
+    /// `/poll/{topic}`: collected for the held request.
+    Poll,
 }
 
 /// What a WebSocket connection is for.
@@ -94,6 +108,13 @@ pub struct Conn {
     pub subs: RefCell<Vec<Sub>>,
     /// Marked slow (being disconnected): deliveries skip it.
     pub slow: Cell<bool>,
+    pub transport: Cell<Transport>,
+    /// A held long-poll's messages, the `gap` notice, and its wake-up.
+    pub poll: RefCell<Vec<Bytes>>,
+    pub poll_gap: RefCell<Option<Bytes>>,
+    pub poll_ready: Notify,
+    /// The owner refused an HTTP-transport subscription (topic limit).
+    pub refused: Cell<Option<ErrorCode>>,
 }
 
 impl Conn {
@@ -109,6 +130,11 @@ impl Conn {
             tasks: Cell::new(2),
             subs: RefCell::new(Vec::new()),
             slow: Cell::new(false),
+            transport: Cell::new(Transport::WebSocket),
+            poll: RefCell::new(Vec::new()),
+            poll_gap: RefCell::new(None),
+            poll_ready: Notify::new(),
+            refused: Cell::new(None),
         }
     }
 
@@ -313,6 +339,15 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
                 )
             }
         }
+        ("GET", p) if p.starts_with("/poll/") => {
+            poll(shard, conn, &req, &p["/poll/".len()..], keep).await
+        }
+        ("GET", p) if p.starts_with("/sse/") => {
+            sse(shard, conn, &req, &p["/sse/".len()..], buf).await
+        }
+        (_, p) if p.starts_with("/poll/") || p.starts_with("/sse/") => {
+            reject(shard, conn, HttpError::MethodNotAllowed("GET"))
+        }
         ("POST", p) if p.starts_with("/publish/") => {
             publish(shard, conn, &req, &p["/publish/".len()..], keep, buf).await
         }
@@ -396,6 +431,157 @@ async fn publish(
             "text/plain; charset=utf-8",
             b"shutting down\n",
         ),
+    }
+}
+
+/// Parses `since` and `timeout_ms` from a query string. Unknown keys are
+/// ignored; a known key with a bad value is an error naming it.
+fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{key} must be a non-negative integer"));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /poll/{topic}?since=N&timeout_ms=T`: every retained message with
+/// `seq > N` at once, or the request is held until one arrives or `T` ms
+/// pass (`200 []`). A held request costs a waiting task, not a thread.
+async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, keep: bool) -> Next {
+    if let Err(e) = topic::validate(topic) {
+        return bad_publish(shard, conn, keep, ErrorCode::BadTopic, e.message());
+    }
+    let max = shard.config.max_poll_timeout;
+    let (since, timeout_ms) = match (
+        query_u64(req.query(), "since"),
+        query_u64(req.query(), "timeout_ms"),
+    ) {
+        (Ok(s), Ok(t)) => (
+            s.unwrap_or(0),
+            t.unwrap_or(30_000.min(max.as_millis() as u64)),
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            return bad_publish(shard, conn, keep, ErrorCode::BadRequest, &e)
+        }
+    };
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    if timeout > max {
+        let msg = format!("timeout_ms must be at most {}", max.as_millis());
+        return bad_publish(shard, conn, keep, ErrorCode::BadRequest, &msg);
+    }
+    if timeout_ms > 0 && shard.held_polls.get() >= shard.config.max_polls {
+        return respond(
+            shard,
+            conn,
+            false,
+            503,
+            "text/plain; charset=utf-8",
+            b"too many held polls\n",
+        );
+    }
+    conn.transport.set(Transport::Poll);
+    if let Some(answered) = shard.pubsub.subscribe_http(conn, topic, Some(since)) {
+        let _ = answered.await;
+    }
+    if conn.refused.take().is_some() {
+        shard.pubsub.disconnect(conn);
+        conn.transport.set(Transport::WebSocket);
+        return bad_publish(shard, conn, keep, ErrorCode::Limit, "too many topics");
+    }
+    if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
+        shard.held_polls.set(shard.held_polls.get() + 1);
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A timer around a wake-up, not around socket I/O: safe to drop.
+        while conn.poll.borrow().is_empty() && !shard.is_closing() {
+            if tokio::time::timeout_at(deadline, conn.poll_ready.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        shard.held_polls.set(shard.held_polls.get() - 1);
+    }
+    shard.pubsub.disconnect(conn);
+    conn.transport.set(Transport::WebSocket);
+    let frames = std::mem::take(&mut *conn.poll.borrow_mut());
+    let gap = conn.poll_gap.borrow_mut().take();
+    let body = reply::poll_body(gap, &frames);
+    respond(
+        shard,
+        conn,
+        keep && !shard.is_closing(),
+        200,
+        "application/json",
+        &body,
+    )
+}
+
+/// `GET /sse/{topic}?since=N` (or `Last-Event-ID: N`): a Server-Sent Events
+/// stream, one event per message with `id:` = seq, heartbeats as comments.
+async fn sse(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    req: &Request,
+    topic: &str,
+    buf: &mut BytesMut,
+) -> Next {
+    if let Err(e) = topic::validate(topic) {
+        return bad_publish(shard, conn, false, ErrorCode::BadTopic, e.message());
+    }
+    let last_event_id = req.header("last-event-id").map(|v| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    let since = match (query_u64(req.query(), "since"), last_event_id) {
+        (Err(e), _) => return bad_publish(shard, conn, false, ErrorCode::BadRequest, &e),
+        (_, Some(None)) => {
+            return bad_publish(
+                shard,
+                conn,
+                false,
+                ErrorCode::BadRequest,
+                "Last-Event-ID must be a seq",
+            )
+        }
+        // The header is what a reconnecting EventSource sends: it wins.
+        (_, Some(Some(id))) => Some(id),
+        (Ok(s), None) => s,
+    };
+    conn.transport.set(Transport::Sse);
+    conn.outbox.set_sse();
+    let _ = conn.outbox.try_push(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+          X-Accel-Buffering: no\r\nConnection: close\r\n\r\n",
+    ));
+    conn.phase.set(Phase::Stream);
+    conn.deadline.set(None);
+    conn.last_rx.set(Instant::now());
+    if let Some(answered) = shard.pubsub.subscribe_http(conn, topic, since) {
+        let _ = answered.await;
+    }
+    if conn.refused.take().is_some() {
+        let frame = reply::error(ErrorCode::Limit, "too many topics", &None);
+        let mut event = BytesMut::from(&b"event: error\ndata: "[..]);
+        event.extend_from_slice(&reply::message_json(&frame));
+        event.extend_from_slice(b"\n\n");
+        let _ = conn.outbox.try_push(event.freeze());
+        conn.finish(Instant::now() + shard.config.close_timeout);
+        return Next::Close;
+    }
+    // An SSE client sends nothing more; read (and discard) until it goes.
+    loop {
+        buf.clear();
+        if !read_more(conn, buf, IDLE_READ).await {
+            conn.outbox.close();
+            return Next::Gone;
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use slab::Slab;
 use tokio::sync::oneshot;
 
-use super::conn::Conn;
+use super::conn::{Conn, Transport};
 use super::mesh::Mesh;
 use crate::close::CloseCode;
 use crate::command::{self, Command, ErrorCode, Id};
@@ -384,7 +384,9 @@ impl PubSub {
                 topic: key.clone(),
                 state: SubState::Live(slot),
             });
-            conn.send_reply(reply::subscribed(&key, &id));
+            if conn.transport.get() == Transport::WebSocket {
+                conn.send_reply(reply::subscribed(&key, &id));
+            }
             return None;
         }
         entry.requests += 1;
@@ -443,25 +445,45 @@ impl PubSub {
                 let slot = entry.subs.insert(conn.clone());
                 drop(local);
                 set_state(&conn, &topic, SubState::Live(slot));
-                conn.send_reply(reply::subscribed(&topic, &id));
+                let transport = conn.transport.get();
+                if transport == Transport::WebSocket {
+                    conn.send_reply(reply::subscribed(&topic, &id));
+                }
                 if let Some(Replay { gap, frames }) = replay {
                     if let Some(first) = gap {
-                        conn.send_reply(reply::gap(&topic, since.unwrap_or(0), first, &id));
+                        let since = since.unwrap_or(0);
+                        match transport {
+                            Transport::WebSocket => {
+                                conn.send_reply(reply::gap(&topic, since, first, &id))
+                            }
+                            Transport::Sse => conn.send_reply(reply::sse_gap(&topic, since, first)),
+                            Transport::Poll => {
+                                *conn.poll_gap.borrow_mut() =
+                                    Some(reply::gap(&topic, since, first, &None))
+                            }
+                        }
                     }
                     let allowance = self.config.history_bytes;
                     for (seq, frame) in frames {
-                        match conn.outbox.push_replay(frame.clone(), allowance) {
-                            Ok(()) => self.count(|s| s.delivered += 1),
-                            Err(_) => self.deliver_to(&conn, &topic, seq, &frame),
+                        if transport == Transport::WebSocket
+                            && conn.outbox.push_replay(frame.clone(), allowance).is_ok()
+                        {
+                            self.count(|s| s.delivered += 1);
+                            continue;
                         }
+                        self.deliver_to(&conn, &topic, seq, &frame, &mut None);
                     }
                 }
             }
             (Some(conn), Err(code)) => {
                 drop(local);
                 conn.subs.borrow_mut().retain(|s| *s.topic != *topic);
-                let msg = format!("cannot subscribe to {topic}: too many topics");
-                conn.send_reply(reply::error(code, &msg, &id));
+                if conn.transport.get() == Transport::WebSocket {
+                    let msg = format!("cannot subscribe to {topic}: too many topics");
+                    conn.send_reply(reply::error(code, &msg, &id));
+                } else {
+                    conn.refused.set(Some(code));
+                }
             }
             (None, result) => {
                 entry.live |= result.is_ok();
@@ -598,35 +620,69 @@ impl PubSub {
         if !entry.live {
             return;
         }
+        // The SSE form is built at most once per message on this shard.
+        let mut sse = None;
         for (_, conn) in entry.subs.iter() {
-            self.deliver_to(conn, topic, seq, frame);
+            self.deliver_to(conn, topic, seq, frame, &mut sse);
         }
     }
 
-    /// One subscriber: the same `Bytes`, queued; the slow-consumer policy
-    /// if it does not fit.
-    fn deliver_to(&self, conn: &Rc<Conn>, topic: &Arc<str>, seq: u64, frame: &Bytes) {
+    /// One subscriber: the same `Bytes` queued (or, for SSE, the same SSE
+    /// event, built once); the slow-consumer policy if it does not fit.
+    fn deliver_to(
+        &self,
+        conn: &Rc<Conn>,
+        topic: &Arc<str>,
+        seq: u64,
+        frame: &Bytes,
+        sse: &mut Option<Bytes>,
+    ) {
         if conn.slow.get() {
             return;
         }
+        let bytes = match conn.transport.get() {
+            Transport::WebSocket => frame.clone(),
+            Transport::Sse => sse
+                .get_or_insert_with(|| reply::sse_event(seq, frame))
+                .clone(),
+            Transport::Poll => {
+                // A held long-poll: collect, wake the request.
+                conn.poll.borrow_mut().push(frame.clone());
+                conn.poll_ready.notify_one();
+                self.count(|s| s.delivered += 1);
+                return;
+            }
+        };
         let conflate = self.config.slow_consumer == SlowConsumer::Conflate;
-        match conn
-            .outbox
-            .push_message(topic, seq, frame.clone(), conflate)
-        {
+        match conn.outbox.push_message(topic, seq, bytes, conflate) {
             Ok(()) => self.count(|s| s.delivered += 1),
             Err(PushError::Closed) => {}
             Err(PushError::Full) => {
                 conn.slow.set(true);
                 self.count(|s| s.slow_disconnects += 1);
                 tracing::debug!(shard = self.id, "slow consumer disconnected");
-                conn.start_close(
-                    CloseCode::POLICY,
-                    "slow consumer",
-                    Instant::now() + self.config.close_timeout,
-                );
+                let deadline = Instant::now() + self.config.close_timeout;
+                if conn.transport.get() == Transport::WebSocket {
+                    conn.start_close(CloseCode::POLICY, "slow consumer", deadline);
+                } else {
+                    // SSE has no close frame: what is queued is flushed,
+                    // then the stream ends.
+                    conn.outbox.finish();
+                    conn.deadline.set(Some(deadline));
+                }
             }
         }
+    }
+
+    /// Subscribes an HTTP transport (SSE or long-poll) connection; the
+    /// receiver fires once the owner answered.
+    pub fn subscribe_http(
+        &self,
+        conn: &Rc<Conn>,
+        topic: &str,
+        since: Option<u64>,
+    ) -> Option<oneshot::Receiver<()>> {
+        self.subscribe(conn, topic.to_string(), since, None)
     }
 }
 

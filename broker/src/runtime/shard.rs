@@ -39,12 +39,18 @@ pub struct Shard {
     pub policy: StaticPolicy,
     pub shared: Arc<Shared>,
     pub pubsub: PubSub,
+    /// Long-polls waiting for a message right now.
+    pub held_polls: Cell<usize>,
     conns: RefCell<Slab<Rc<Conn>>>,
     closing: Cell<bool>,
     emptied: Notify,
 }
 
 impl Shard {
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
     /// Called by the reader and the writer as each ends; the second one
     /// removes the connection from the table.
     pub fn task_done(&self, key: usize, conn: &Conn) {
@@ -109,6 +115,16 @@ impl Shard {
                 }
                 continue;
             }
+            if conn.phase.get() == Phase::Stream {
+                // SSE: a comment now and then keeps proxies from timing out.
+                if now.saturating_duration_since(conn.last_rx.get()) >= cfg.ping_interval {
+                    let _ = conn
+                        .outbox
+                        .try_push(bytes::Bytes::from_static(crate::reply::SSE_HEARTBEAT));
+                    conn.last_rx.set(now);
+                }
+                continue;
+            }
             if conn.phase.get() != Phase::WebSocket {
                 continue;
             }
@@ -141,7 +157,13 @@ impl Shard {
                     conn.start_close(CloseCode::GOING_AWAY, "server shutting down", deadline)
                 }
                 Phase::Http => {
+                    // A held long-poll answers now (with what it has).
+                    conn.poll_ready.notify_one();
                     let _ = conn.stream.shutdown(Shutdown::Both);
+                }
+                Phase::Stream => {
+                    conn.outbox.finish();
+                    conn.deadline.set(Some(deadline));
                 }
                 Phase::Closing => {}
             }
@@ -217,6 +239,7 @@ pub async fn run(
         },
         config,
         shared: shared.clone(),
+        held_polls: Cell::new(0),
         conns: RefCell::new(Slab::new()),
         closing: Cell::new(false),
         emptied: Notify::new(),
