@@ -1,0 +1,364 @@
+//! The HTTP baselines on the same pub/sub core: long-polling
+//! (`GET /poll/{topic}`) and Server-Sent Events (`GET /sse/{topic}`).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ringcast_e2e::{tcp, Broker, HttpConn, HttpResponse};
+use serde_json::Value;
+
+fn get(conn: &mut HttpConn, path: &str) -> HttpResponse {
+    conn.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    conn.read_response().expect("a response")
+}
+
+fn publish(addr: SocketAddr, topic: &str, data: &str) -> u64 {
+    let r = HttpConn::connect(addr).post(&format!("/publish/{topic}"), data.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    r.json()["seq"].as_u64().unwrap()
+}
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["op"] == "message")
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn poll_answers_at_once_with_what_is_retained() {
+    let broker = Broker::start(&["--shards", "4"]);
+    for i in 1..=3 {
+        assert_eq!(publish(broker.addr, "p.now", &format!("{{\"n\": {i}}}")), i);
+    }
+    let mut c = HttpConn::connect(broker.addr);
+    let r = get(&mut c, "/poll/p.now?since=0&timeout_ms=0");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(seqs(&v), [1, 2, 3]);
+    assert_eq!(v[0]["topic"], "p.now");
+    // data byte for byte, inside the same message object as on /ws
+    assert!(
+        r.body_text().contains(r#""data":{"n": 1}"#),
+        "{}",
+        r.body_text()
+    );
+    // Same keep-alive connection: only what is newer than `since`.
+    let v = get(&mut c, "/poll/p.now?since=2&timeout_ms=0").json();
+    assert_eq!(seqs(&v), [3]);
+    // Short poll with nothing new: an empty array at once.
+    assert_eq!(get(&mut c, "/poll/p.now?since=3&timeout_ms=0").body, b"[]");
+}
+
+#[test]
+fn long_poll_is_held_until_a_message_arrives() {
+    let broker = Broker::start(&["--shards", "4"]);
+    let addr = broker.addr;
+    publish(addr, "p.held", "1");
+    let waiter = std::thread::spawn(move || {
+        // 60 s: only a publish can end it before the harness' 10 s read timeout.
+        get(
+            &mut HttpConn::connect(addr),
+            "/poll/p.held?since=1&timeout_ms=60000",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "the poll must wait for a message");
+    publish(addr, "p.held", r#""second""#);
+    let r = waiter.join().unwrap();
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(seqs(&v), [2]);
+    assert_eq!(v[0]["data"], "second");
+}
+
+#[test]
+fn long_poll_times_out_with_an_empty_array() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let mut c = HttpConn::connect(broker.addr);
+    let r = get(&mut c, "/poll/p.quiet?since=0&timeout_ms=200");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"[]"[..]));
+    // The connection is still usable.
+    publish(broker.addr, "p.quiet", "7");
+    assert_eq!(
+        seqs(&get(&mut c, "/poll/p.quiet?since=0&timeout_ms=0").json()),
+        [1]
+    );
+}
+
+#[test]
+fn poll_reports_a_gap_before_what_is_retained() {
+    let broker = Broker::start(&["--shards", "2", "--history-messages", "2"]);
+    for i in 0..5 {
+        publish(broker.addr, "p.gap", &i.to_string());
+    }
+    let v = get(
+        &mut HttpConn::connect(broker.addr),
+        "/poll/p.gap?since=0&timeout_ms=0",
+    )
+    .json();
+    assert_eq!(v[0]["op"], "gap");
+    assert_eq!(
+        (v[0]["since"].as_u64(), v[0]["first_seq"].as_u64()),
+        (Some(0), Some(4))
+    );
+    assert_eq!(seqs(&v), [4, 5]);
+}
+
+#[test]
+fn poll_errors_are_clear() {
+    let broker = Broker::start(&["--shards", "1", "--max-poll-timeout", "5s"]);
+    let mut c = HttpConn::connect(broker.addr);
+    for (path, code) in [
+        ("/poll/p.e?since=-1", "bad_request"),
+        ("/poll/p.e?since=abc", "bad_request"),
+        ("/poll/p.e?timeout_ms=x", "bad_request"),
+        ("/poll/p.e?timeout_ms=6000", "bad_request"),
+        ("/poll/bad%20topic", "bad_topic"),
+        ("/poll/a..b", "bad_topic"),
+    ] {
+        let r = get(&mut c, path);
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["code"], code, "{path}");
+    }
+    let mut c = HttpConn::connect(broker.addr);
+    c.send_raw(b"POST /poll/p.e HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+}
+
+#[test]
+fn held_polls_are_bounded_per_shard() {
+    let broker = Broker::start(&["--shards", "1", "--max-polls", "2"]);
+    let addr = broker.addr;
+    // Two holders wait for a message; a holder that races a probe below
+    // and is refused just asks again.
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || loop {
+                let r = get(
+                    &mut HttpConn::connect(addr),
+                    "/poll/p.b?since=0&timeout_ms=60000",
+                );
+                if r.status != 503 {
+                    return r;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            })
+        })
+        .collect();
+    // Probes hold for only 100 ms; once both holders are held, a probe is
+    // refused at once.
+    let refused = (0..200)
+        .map(|_| {
+            get(
+                &mut HttpConn::connect(addr),
+                "/poll/p.b?since=0&timeout_ms=100",
+            )
+        })
+        .find(|r| r.status == 503)
+        .expect("a poll past the bound is refused");
+    assert!(refused.body_text().contains("too many held polls"));
+    publish(addr, "p.b", "1");
+    for h in holders {
+        let r = h.join().unwrap();
+        assert_eq!((r.status, seqs(&r.json())), (200, vec![1]));
+    }
+}
+
+/// A long-polling client loop (poll, remember the last seq, poll again)
+/// sees every message exactly once and in order, across shards.
+#[test]
+fn long_polling_clients_see_every_message_once() {
+    let broker = Broker::start(&["--shards", "4", "--history-messages", "1000"]);
+    let addr = broker.addr;
+    const N: u64 = 200;
+    let pollers: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let topic = format!("p.loop{}", i % 2);
+                let mut c = HttpConn::connect(addr);
+                let (mut since, mut got) = (0u64, Vec::new());
+                while since < N {
+                    let r = get(
+                        &mut c,
+                        &format!("/poll/{topic}?since={since}&timeout_ms=5000"),
+                    );
+                    assert_eq!(r.status, 200);
+                    for s in seqs(&r.json()) {
+                        got.push(s);
+                        since = s;
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut c0 = HttpConn::connect(addr);
+    let mut c1 = HttpConn::connect(addr);
+    for i in 0..N {
+        assert_eq!(
+            c0.post("/publish/p.loop0", i.to_string().as_bytes()).status,
+            200
+        );
+        assert_eq!(
+            c1.post("/publish/p.loop1", i.to_string().as_bytes()).status,
+            200
+        );
+    }
+    for p in pollers {
+        assert_eq!(p.join().unwrap(), (1..=N).collect::<Vec<_>>());
+    }
+}
+
+/// Reads an SSE stream until `n` events (or comments, if asked) arrived.
+struct SseStream {
+    stream: std::net::TcpStream,
+    text: String,
+}
+
+impl SseStream {
+    fn open(addr: SocketAddr, path: &str, extra: &str) -> SseStream {
+        use std::io::Write;
+        let mut stream = tcp(addr);
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        SseStream {
+            stream,
+            text: String::new(),
+        }
+    }
+
+    fn read_until(&mut self, mut done: impl FnMut(&str) -> bool) {
+        let mut chunk = [0u8; 8192];
+        while !done(&self.text) {
+            let n = self.stream.read(&mut chunk).expect("SSE read");
+            assert!(n > 0, "stream ended: {:?}", self.text);
+            self.text
+                .push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+    }
+
+    /// The events after the head: (event name, id, data JSON).
+    fn events(&self) -> Vec<(String, Option<u64>, Value)> {
+        let body = self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.split("\n\n")
+            .filter(|e| e.contains("data: "))
+            .map(|e| {
+                let mut name = "message".to_string();
+                let (mut id, mut data) = (None, Value::Null);
+                for line in e.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = serde_json::from_str(v).unwrap();
+                    }
+                }
+                (name, id, data)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn sse_streams_with_proxy_headers_replay_and_live() {
+    let broker = Broker::start(&["--shards", "4"]);
+    for i in 1..=3 {
+        publish(broker.addr, "s.t", &format!("[{i}]"));
+    }
+    let mut s = SseStream::open(broker.addr, "/sse/s.t?since=1", "");
+    s.read_until(|t| t.contains("id: 3\n"));
+    let head = s.text.split_once("\r\n\r\n").unwrap().0.to_string();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    for h in [
+        "Content-Type: text/event-stream",
+        "Cache-Control: no-cache",
+        "X-Accel-Buffering: no",
+    ] {
+        assert!(head.contains(h), "{h} in {head}");
+    }
+    for i in 4..=50 {
+        publish(broker.addr, "s.t", &format!("[{i}]"));
+    }
+    s.read_until(|t| t.contains("id: 50\n"));
+    let events = s.events();
+    let ids: Vec<u64> = events.iter().map(|e| e.1.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (2..=50).collect::<Vec<_>>(),
+        "replay after since=1, then live, in order"
+    );
+    for (name, id, data) in &events {
+        assert_eq!(name, "message");
+        assert_eq!(data["op"], "message");
+        assert_eq!(data["seq"].as_u64(), *id);
+        assert_eq!(data["data"][0].as_u64(), *id);
+    }
+}
+
+#[test]
+fn sse_resumes_from_last_event_id() {
+    let broker = Broker::start(&["--shards", "2"]);
+    for i in 1..=5 {
+        publish(broker.addr, "s.resume", &i.to_string());
+    }
+    // The header wins over the query (it is what a reconnecting EventSource sends).
+    let mut s = SseStream::open(broker.addr, "/sse/s.resume?since=0", "Last-Event-ID: 3\r\n");
+    s.read_until(|t| t.contains("id: 5\n"));
+    let ids: Vec<u64> = s.events().iter().map(|e| e.1.unwrap()).collect();
+    assert_eq!(ids, [4, 5]);
+}
+
+#[test]
+fn sse_gap_and_heartbeat_events() {
+    let broker = Broker::start(&[
+        "--shards",
+        "2",
+        "--history-messages",
+        "2",
+        "--ping-interval",
+        "200ms",
+        "--idle-timeout",
+        "1s",
+    ]);
+    for i in 1..=5 {
+        publish(broker.addr, "s.gap", &i.to_string());
+    }
+    let mut s = SseStream::open(broker.addr, "/sse/s.gap?since=1", "");
+    s.read_until(|t| t.contains("id: 5\n") && t.contains(": heartbeat\n"));
+    let events = s.events();
+    assert_eq!(events[0].0, "gap");
+    assert_eq!(events[0].2["first_seq"], 4);
+    let ids: Vec<u64> = events[1..].iter().map(|e| e.1.unwrap()).collect();
+    assert_eq!(ids, [4, 5]);
+}
+
+#[test]
+fn sse_errors_are_clear() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut c = HttpConn::connect(broker.addr);
+    let r = get(&mut c, "/sse/bad%20topic");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("bad_topic"))
+    );
+    let mut c = HttpConn::connect(broker.addr);
+    c.send_raw(b"GET /sse/s.x HTTP/1.1\r\nHost: t\r\nLast-Event-ID: soon\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}
