@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Rotates `key` so that index 0 is the key byte for payload position `offset`.
 #[inline]
 fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let mut k = key;
-    k.rotate_left(offset & 3);
-    k
+    // One `ror`: `[u8; 4]::rotate_left` compiles to memmove calls.
+    u32::from_le_bytes(key)
+        .rotate_right(8 * (offset & 3) as u32)
+        .to_le_bytes()
 }
 
 /// The reference: one byte at a time.

@@ -32,6 +32,23 @@ fn width(lead: u8) -> usize {
     }
 }
 
+/// Where an unfinished code point at the end of `piece` starts (its
+/// length if there is none): a lead byte within the last three bytes whose
+/// sequence runs past the end.
+fn incomplete_tail(piece: &[u8]) -> usize {
+    let len = piece.len();
+    for back in 1..=3.min(len) {
+        let b = piece[len - back];
+        if b < 0x80 {
+            break;
+        }
+        if b >= 0xc0 {
+            return if width(b) > back { len - back } else { len };
+        }
+    }
+    len
+}
+
 impl Utf8Validator {
     pub fn new() -> Self {
         Self::default()
@@ -66,8 +83,21 @@ impl Utf8Validator {
             self.pending_len = 0;
             piece = &piece[take..];
         }
-        if simdutf8::basic::from_utf8(piece).is_ok() {
-            return Ok(());
+        // A piece read off a socket often ends inside a code point. Set the
+        // cut tail aside first, so the common case is one fast pass.
+        let (body, tail) = piece.split_at(incomplete_tail(piece));
+        if simdutf8::basic::from_utf8(body).is_ok() {
+            if tail.is_empty() {
+                return Ok(());
+            }
+            return match compat::from_utf8(tail) {
+                Err(e) if e.error_len().is_some() => Err(Utf8Error),
+                _ => {
+                    self.pending[..tail.len()].copy_from_slice(tail);
+                    self.pending_len = tail.len() as u8;
+                    Ok(())
+                }
+            };
         }
         // Slow path, only on a piece that is invalid or ends mid-code-point.
         match compat::from_utf8(piece) {
