@@ -19,6 +19,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod mask;
+pub mod metrics;
 pub mod outbox;
 pub mod reply;
 pub mod runtime;

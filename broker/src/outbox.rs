@@ -42,6 +42,14 @@ struct Held {
     frame: Bytes,
 }
 
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Held back as its topic's newest message (conflate policy).
+    Held,
+}
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -158,16 +166,17 @@ impl Outbox {
         seq: u64,
         frame: Bytes,
         conflate: bool,
-    ) -> Result<(), PushError> {
+    ) -> Result<Pushed, PushError> {
         if conflate {
             let mut held = self.held.borrow_mut();
             if let Some(h) = held.iter_mut().find(|h| *h.topic == **topic) {
                 h.seq = seq;
                 h.frame = frame;
-                return Ok(());
+                return Ok(Pushed::Held);
             }
             drop(held);
             return match self.try_push(frame.clone()) {
+                Ok(()) => Ok(Pushed::Queued),
                 Err(PushError::Full) => {
                     self.held.borrow_mut().push(Held {
                         topic: topic.clone(),
@@ -175,12 +184,12 @@ impl Outbox {
                         seq,
                         frame,
                     });
-                    Ok(())
+                    Ok(Pushed::Held)
                 }
-                other => other,
+                Err(e) => Err(e),
             };
         }
-        self.try_push(frame)
+        self.try_push(frame).map(|()| Pushed::Queued)
     }
 
     /// Encode conflation notices as Server-Sent Events.

@@ -96,6 +96,7 @@ pub struct WebSocket {
     message: Option<Assembly>,
     out: BytesMut,
     error: Option<ProtocolError>,
+    close_sent: Option<CloseCode>,
 }
 
 impl WebSocket {
@@ -108,6 +109,7 @@ impl WebSocket {
             message: None,
             out: BytesMut::new(),
             error: None,
+            close_sent: None,
         }
     }
 
@@ -179,6 +181,18 @@ impl WebSocket {
     fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
         let mask = self.mask_key();
         encode_frame(&mut self.out, true, opcode, mask, payload);
+        if opcode == OpCode::Close {
+            self.close_sent = Some(match payload {
+                [a, b, ..] => CloseCode(u16::from_be_bytes([*a, *b])),
+                _ => CloseCode(1005), // "no status": an empty close
+            });
+        }
+    }
+
+    /// The close code this side sent, if it sent a close (1005 for an
+    /// empty close frame).
+    pub fn close_sent(&self) -> Option<CloseCode> {
+        self.close_sent
     }
 
     /// Consumes bytes from the front of `buf` and returns the next event,

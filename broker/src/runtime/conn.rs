@@ -27,6 +27,7 @@ use crate::error::HttpError;
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::handshake;
 use crate::http::{response, HeadParser, Request};
+use crate::metrics::{self, Kind};
 use crate::outbox::{Outbox, PushError};
 use crate::reply;
 use crate::topic;
@@ -108,6 +109,8 @@ pub struct Conn {
     pub subs: RefCell<Vec<Sub>>,
     /// Marked slow (being disconnected): deliveries skip it.
     pub slow: Cell<bool>,
+    /// What it is now, for the connection gauges.
+    pub kind: Cell<Kind>,
     pub transport: Cell<Transport>,
     /// A held long-poll's messages, the `gap` notice, and its wake-up.
     pub poll: RefCell<Vec<Bytes>>,
@@ -130,6 +133,7 @@ impl Conn {
             tasks: Cell::new(2),
             subs: RefCell::new(Vec::new()),
             slow: Cell::new(false),
+            kind: Cell::new(Kind::Http),
             transport: Cell::new(Transport::WebSocket),
             poll: RefCell::new(Vec::new()),
             poll_gap: RefCell::new(None),
@@ -214,7 +218,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
                     .set(Some(Instant::now() + shard.config.handshake_timeout));
             }
             Next::Close => {
-                drain(&conn, buf).await;
+                drain(&shard, &conn, buf).await;
                 break;
             }
             Next::Gone => break,
@@ -228,7 +232,12 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
 
 /// Reads one more chunk into `buf`; `None` on EOF or error, else how many
 /// bytes arrived and how many could have.
-async fn read_into(conn: &Conn, buf: &mut BytesMut, want: usize) -> Option<(usize, usize)> {
+async fn read_into(
+    shard: &Shard,
+    conn: &Conn,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Option<(usize, usize)> {
     if buf.is_empty() && buf.capacity() > 2 * want {
         // Do not keep a large buffer pinned while waiting.
         *buf = BytesMut::with_capacity(want);
@@ -246,14 +255,15 @@ async fn read_into(conn: &Conn, buf: &mut BytesMut, want: usize) -> Option<(usiz
         Ok(n) => {
             conn.last_rx.set(Instant::now());
             conn.ping_sent.set(false);
+            shard.metrics().bytes_in.add(n as u64);
             Some((n, asked))
         }
     }
 }
 
 /// [`read_into`] when the sizes do not matter.
-async fn read_more(conn: &Conn, buf: &mut BytesMut, want: usize) -> bool {
-    read_into(conn, buf, want).await.is_some()
+async fn read_more(shard: &Shard, conn: &Conn, buf: &mut BytesMut, want: usize) -> bool {
+    read_into(shard, conn, buf, want).await.is_some()
 }
 
 /// Reads and serves one HTTP request.
@@ -269,7 +279,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
             Ok(None) => {}
             Err(e) => return reject(shard, conn, e),
         }
-        if !read_more(conn, buf, shard.config.read_buffer).await {
+        if !read_more(shard, conn, buf, shard.config.read_buffer).await {
             // The peer is done sending; let it have what we queued.
             conn.outbox.finish();
             return Next::Gone;
@@ -280,6 +290,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 
 fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
     debug!(shard = shard.id, error = %e, "request rejected");
+    shard.metrics().http_error(e);
     let _ = conn.outbox.try_push(e.to_response());
     conn.finish(Instant::now() + shard.config.close_timeout);
     Next::Close
@@ -325,6 +336,18 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     match (req.method.as_str(), path.as_str()) {
         (_, "/ws") => upgrade(shard, conn, &req, buf, Endpoint::PubSub).await,
         (_, "/echo") => upgrade(shard, conn, &req, buf, Endpoint::Echo).await,
+        ("GET", "/metrics") => {
+            let body = metrics::render(shard.shared.metrics());
+            respond(
+                shard,
+                conn,
+                keep,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body.as_bytes(),
+            )
+        }
+        (_, "/metrics") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
         ("GET", "/healthz") => {
             if shard.shared.all_ready() {
                 respond(shard, conn, keep, 200, "text/plain; charset=utf-8", b"ok\n")
@@ -399,7 +422,7 @@ async fn publish(
     }
     while buf.len() < len {
         let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
-        if !read_more(conn, buf, want).await {
+        if !read_more(shard, conn, buf, want).await {
             conn.outbox.close();
             return Next::Gone;
         }
@@ -495,6 +518,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     }
     if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
         shard.held_polls.set(shard.held_polls.get() + 1);
+        shard.metrics().polls_held.inc();
         let deadline = tokio::time::Instant::now() + timeout;
         // A timer around a wake-up, not around socket I/O: safe to drop.
         while conn.poll.borrow().is_empty() && !shard.is_closing() {
@@ -506,6 +530,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
             }
         }
         shard.held_polls.set(shard.held_polls.get() - 1);
+        shard.metrics().polls_held.dec();
     }
     shard.pubsub.disconnect(conn);
     conn.transport.set(Transport::WebSocket);
@@ -556,6 +581,7 @@ async fn sse(
     };
     conn.transport.set(Transport::Sse);
     conn.outbox.set_sse();
+    shard.set_kind(conn, Kind::Sse);
     let _ = conn.outbox.try_push(Bytes::from_static(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
           X-Accel-Buffering: no\r\nConnection: close\r\n\r\n",
@@ -578,7 +604,7 @@ async fn sse(
     // An SSE client sends nothing more; read (and discard) until it goes.
     loop {
         buf.clear();
-        if !read_more(conn, buf, IDLE_READ).await {
+        if !read_more(shard, conn, buf, IDLE_READ).await {
             conn.outbox.close();
             return Next::Gone;
         }
@@ -630,6 +656,14 @@ async fn websocket(
     endpoint: Endpoint,
 ) -> Next {
     *conn.ws.borrow_mut() = Some(WebSocket::new(Role::Server, shard.config.ws_limits()));
+    shard.set_kind(
+        conn,
+        if endpoint == Endpoint::Echo {
+            Kind::Echo
+        } else {
+            Kind::WebSocket
+        },
+    );
     conn.phase.set(Phase::WebSocket);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
@@ -676,7 +710,7 @@ async fn websocket(
         }
         let hint = conn.ws.borrow().as_ref().map_or(0, WebSocket::read_hint);
         let want = hint.clamp(size.0, MAX_READ);
-        match read_into(conn, buf, want).await {
+        match read_into(shard, conn, buf, want).await {
             Some((got, asked)) => size.after(asked, got),
             None => {
                 debug!(shard = shard.id, "websocket peer went away");
@@ -697,18 +731,18 @@ async fn send(conn: &Conn, opcode: OpCode, payload: Bytes) {
 /// kernel send RST, and the peer could lose our last response or close
 /// frame. The writer half-closes once its queue is flushed; the socket is
 /// released when both tasks are done.
-async fn drain(conn: &Conn, mut buf: BytesMut) {
+async fn drain(shard: &Shard, conn: &Conn, mut buf: BytesMut) {
     loop {
         buf.clear();
-        if !read_more(conn, &mut buf, 4096).await {
+        if !read_more(shard, conn, &mut buf, 4096).await {
             break;
         }
     }
 }
 
 /// Reader for a connection refused before reading anything (overload).
-pub async fn drain_only(conn: &Conn) {
-    drain(conn, BytesMut::with_capacity(1024)).await;
+pub async fn drain_only(shard: &Shard, conn: &Conn) {
+    drain(shard, conn, BytesMut::with_capacity(1024)).await;
 }
 
 #[cfg(test)]

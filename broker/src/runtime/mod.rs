@@ -32,17 +32,24 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::ShardMetrics;
 
 /// The little that shards share: readiness and the shutdown signal.
 #[derive(Debug)]
 pub struct Shared {
     shards: usize,
     ready: AtomicUsize,
+    /// One block per shard, written only by that shard.
+    metrics: Box<[ShardMetrics]>,
 }
 
 impl Shared {
     fn shard_ready(&self) {
         self.ready.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn metrics(&self) -> &[ShardMetrics] {
+        &self.metrics
     }
 
     /// Every shard is accepting (what `/healthz` reports).
@@ -98,6 +105,9 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let shared = Arc::new(Shared {
         shards: config.shards,
         ready: AtomicUsize::new(0),
+        metrics: (0..config.shards)
+            .map(|_| ShardMetrics::default())
+            .collect(),
     });
     let (tx, rx) = watch::channel(false);
     let inboxes = mesh::Mesh::<pubsub::Msg>::inboxes(config.shards);

@@ -34,10 +34,12 @@ use tokio::sync::oneshot;
 
 use super::conn::{Conn, Transport};
 use super::mesh::Mesh;
+use super::Shared;
 use crate::close::CloseCode;
 use crate::command::{self, Command, ErrorCode, Id};
 use crate::config::{Config, SlowConsumer};
-use crate::outbox::PushError;
+use crate::metrics::ShardMetrics;
+use crate::outbox::{PushError, Pushed};
 use crate::reply;
 use crate::topic::{Replay, TopicLog};
 
@@ -130,14 +132,6 @@ enum Pending {
     HttpPub(oneshot::Sender<Result<u64, ErrorCode>>),
 }
 
-/// Counters for tests and (later) metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub published: u64,
-    pub delivered: u64,
-    pub slow_disconnects: u64,
-}
-
 pub struct PubSub {
     id: usize,
     shards: usize,
@@ -149,11 +143,11 @@ pub struct PubSub {
     pending: RefCell<Slab<Pending>>,
     queue: RefCell<VecDeque<Msg>>,
     draining: Cell<bool>,
-    stats: Cell<Stats>,
+    shared: Arc<Shared>,
 }
 
 impl PubSub {
-    pub fn new(id: usize, mesh: Rc<Mesh<Msg>>, config: Arc<Config>) -> Self {
+    pub fn new(id: usize, mesh: Rc<Mesh<Msg>>, config: Arc<Config>, shared: Arc<Shared>) -> Self {
         PubSub {
             id,
             shards: config.shards,
@@ -170,18 +164,13 @@ impl PubSub {
             pending: RefCell::new(Slab::new()),
             queue: RefCell::new(VecDeque::new()),
             draining: Cell::new(false),
-            stats: Cell::new(Stats::default()),
+            shared,
         }
     }
 
-    pub fn stats(&self) -> Stats {
-        self.stats.get()
-    }
-
-    fn count(&self, f: impl FnOnce(&mut Stats)) {
-        let mut s = self.stats.get();
-        f(&mut s);
-        self.stats.set(s);
+    /// This shard's metrics block.
+    fn m(&self) -> &ShardMetrics {
+        &self.shared.metrics()[self.id]
     }
 
     /// The shard that owns `topic`.
@@ -269,12 +258,13 @@ impl PubSub {
                 if t.n_interested == 0 && t.log.is_empty() {
                     owned.remove(&*key);
                 }
+                self.m().topics.set(owned.len() as i64);
                 Ok((key, seq, frame, here))
             }
         };
         let ack = match result {
             Ok((key, seq, frame, here)) => {
-                self.count(|s| s.published += 1);
+                self.m().published.inc();
                 if here {
                     self.deliver_local(&key, seq, &frame);
                 }
@@ -298,7 +288,9 @@ impl PubSub {
                     t.interested[from] = true;
                     t.n_interested += 1;
                 }
-                Ok(since.map(|s| t.log.replay(s)))
+                let replay = since.map(|s| t.log.replay(s));
+                self.m().topics.set(owned.len() as i64);
+                Ok(replay)
             }
         };
         self.route(
@@ -322,6 +314,7 @@ impl PubSub {
                 owned.remove(topic);
             }
         }
+        self.m().topics.set(owned.len() as i64);
     }
 
     // ---- subscriber side --------------------------------------------------
@@ -379,6 +372,7 @@ impl PubSub {
         if entry.live && since.is_none() {
             // This shard already receives the topic: live at once.
             let slot = entry.subs.insert(conn.clone());
+            self.m().subscriptions.inc();
             drop(local);
             conn.subs.borrow_mut().push(Sub {
                 topic: key.clone(),
@@ -443,6 +437,7 @@ impl PubSub {
             (Some(conn), Ok(replay)) => {
                 entry.live = true;
                 let slot = entry.subs.insert(conn.clone());
+                self.m().subscriptions.inc();
                 drop(local);
                 set_state(&conn, &topic, SubState::Live(slot));
                 let transport = conn.transport.get();
@@ -468,7 +463,7 @@ impl PubSub {
                         if transport == Transport::WebSocket
                             && conn.outbox.push_replay(frame.clone(), allowance).is_ok()
                         {
-                            self.count(|s| s.delivered += 1);
+                            self.m().delivered.inc();
                             continue;
                         }
                         self.deliver_to(&conn, &topic, seq, &frame, &mut None);
@@ -512,7 +507,9 @@ impl PubSub {
     fn drop_sub(&self, conn: &Conn, sub: Sub) {
         if let SubState::Live(slot) = sub.state {
             if let Some(entry) = self.local.borrow_mut().get_mut(&*sub.topic) {
-                entry.subs.try_remove(slot);
+                if entry.subs.try_remove(slot).is_some() {
+                    self.m().subscriptions.dec();
+                }
             }
             // A conflated message of this topic must not follow `unsubscribed`.
             conn.outbox.drop_held(&sub.topic);
@@ -649,17 +646,18 @@ impl PubSub {
                 // A held long-poll: collect, wake the request.
                 conn.poll.borrow_mut().push(frame.clone());
                 conn.poll_ready.notify_one();
-                self.count(|s| s.delivered += 1);
+                self.m().delivered.inc();
                 return;
             }
         };
         let conflate = self.config.slow_consumer == SlowConsumer::Conflate;
         match conn.outbox.push_message(topic, seq, bytes, conflate) {
-            Ok(()) => self.count(|s| s.delivered += 1),
+            Ok(Pushed::Queued) => self.m().delivered.inc(),
+            Ok(Pushed::Held) => self.m().slow_conflations.inc(),
             Err(PushError::Closed) => {}
             Err(PushError::Full) => {
                 conn.slow.set(true);
-                self.count(|s| s.slow_disconnects += 1);
+                self.m().slow_disconnects.inc();
                 tracing::debug!(shard = self.id, "slow consumer disconnected");
                 let deadline = Instant::now() + self.config.close_timeout;
                 if conn.transport.get() == Transport::WebSocket {

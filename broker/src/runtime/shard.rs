@@ -28,6 +28,7 @@ use crate::close::CloseCode;
 use crate::config::Config;
 use crate::error::HttpError;
 use crate::handshake::StaticPolicy;
+use crate::metrics::{Kind, ShardMetrics};
 
 /// Connections past the limit still get a `503` response, up to this many
 /// extra; beyond that they are closed without a word.
@@ -51,12 +52,28 @@ impl Shard {
         self.closing.get()
     }
 
+    /// This shard's metrics block (written only by this shard).
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics()[self.id]
+    }
+
+    /// Moves a connection between the per-kind connection gauges.
+    pub fn set_kind(&self, conn: &Conn, kind: Kind) {
+        self.metrics().connection(conn.kind.replace(kind)).dec();
+        self.metrics().connection(kind).inc();
+    }
+
     /// Called by the reader and the writer as each ends; the second one
     /// removes the connection from the table.
     pub fn task_done(&self, key: usize, conn: &Conn) {
         let left = conn.tasks.get() - 1;
         conn.tasks.set(left);
         if left == 0 {
+            let m = self.metrics();
+            m.connection(conn.kind.get()).dec();
+            if let Some(code) = conn.ws.borrow().as_ref().and_then(|ws| ws.close_sent()) {
+                m.close_sent(code);
+            }
             let mut conns = self.conns.borrow_mut();
             conns.remove(key);
             if conns.is_empty() {
@@ -71,6 +88,8 @@ impl Shard {
             return; // dropping the stream closes it
         }
         let _ = stream.set_nodelay(true);
+        self.metrics().accepted.inc();
+        self.metrics().connection(Kind::Http).inc();
         let now = Instant::now();
         let conn = Rc::new(Conn::new(
             stream,
@@ -82,7 +101,7 @@ impl Shard {
             let shard = self.clone();
             let conn = conn.clone();
             async move {
-                run_writer(conn.stream.clone(), conn.outbox.clone()).await;
+                run_writer(conn.stream.clone(), conn.outbox.clone(), shard.metrics()).await;
                 shard.task_done(key, &conn);
             }
         };
@@ -95,7 +114,7 @@ impl Shard {
             conn.deadline.set(Some(now + self.config.close_timeout));
             let shard = self.clone();
             tokio_uring::spawn(async move {
-                conn::drain_only(&conn).await;
+                conn::drain_only(&shard, &conn).await;
                 shard.task_done(key, &conn);
             });
             return;
@@ -231,7 +250,7 @@ pub async fn run(
     let listener_fd = listener.as_raw_fd();
     let mesh = Rc::new(Mesh::new(id, inboxes));
     let shard = Rc::new(Shard {
-        pubsub: PubSub::new(id, mesh.clone(), config.clone()),
+        pubsub: PubSub::new(id, mesh.clone(), config.clone(), shared.clone()),
         id,
         policy: StaticPolicy {
             origins: config.allowed_origins.clone(),

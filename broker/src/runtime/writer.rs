@@ -14,13 +14,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 
+use crate::metrics::ShardMetrics;
 use crate::outbox::{Outbox, State};
 
 /// Buffers handed to one `writev`; well under IOV_MAX.
 const MAX_IOVECS: usize = 64;
 
 /// The writer task: drains `outbox` into `stream` until finished or closed.
-pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>) {
+pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>, metrics: &ShardMetrics) {
     let mut iov: Vec<Bytes> = Vec::new();
     loop {
         loop {
@@ -44,6 +45,7 @@ pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>) {
             return;
         }
         outbox.written(batch);
+        metrics.bytes_out.add(batch as u64);
     }
 }
 

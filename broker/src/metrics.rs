@@ -1,0 +1,368 @@
+//! Broker metrics, rendered in the Prometheus text format on `/metrics`.
+//!
+//! Every shard owns one [`ShardMetrics`] and is its only writer, so a
+//! counter update is a plain load and store of an atomic (no locked
+//! instruction, no cache line shared between writers): nothing on the hot
+//! path is shared between shards. A scrape, on whichever shard receives it,
+//! reads every shard's block. Each block sits on its own cache lines so
+//! shards never write to the same line.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::close::CloseCode;
+use crate::error::HttpError;
+
+/// A monotonically increasing count with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed) + n, Relaxed);
+    }
+
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down, with a single writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn add(&self, n: i64) {
+        self.0.store(self.0.load(Relaxed) + n, Relaxed);
+    }
+
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn dec(&self) {
+        self.add(-1);
+    }
+
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Connection kinds, for `ringcast_connections{transport=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain HTTP (before an upgrade, between keep-alive requests, polling).
+    Http = 0,
+    WebSocket = 1,
+    Echo = 2,
+    Sse = 3,
+}
+
+const KINDS: [&str; 4] = ["http", "websocket", "echo", "sse"];
+
+/// Handshake/request failure reasons, in [`http_error_index`] order.
+const HTTP_REASONS: [&str; 16] = [
+    "head_too_large",
+    "too_many_headers",
+    "malformed",
+    "method_not_allowed",
+    "version_too_old",
+    "missing_host",
+    "not_an_upgrade",
+    "unsupported_version",
+    "bad_key",
+    "origin_rejected",
+    "not_found",
+    "overloaded",
+    "length_required",
+    "payload_too_large",
+    "upgrade_refused",
+    "bad_accept",
+];
+
+fn http_error_index(e: HttpError) -> usize {
+    match e {
+        HttpError::HeadTooLarge => 0,
+        HttpError::TooManyHeaders => 1,
+        HttpError::Malformed => 2,
+        HttpError::MethodNotAllowed(_) => 3,
+        HttpError::VersionTooOld => 4,
+        HttpError::MissingHost => 5,
+        HttpError::NotAnUpgrade => 6,
+        HttpError::UnsupportedVersion => 7,
+        HttpError::BadKey => 8,
+        HttpError::OriginRejected => 9,
+        HttpError::NotFound => 10,
+        HttpError::Overloaded => 11,
+        HttpError::LengthRequired => 12,
+        HttpError::PayloadTooLarge => 13,
+        HttpError::UpgradeRefused(_) => 14,
+        HttpError::BadAccept => 15,
+    }
+}
+
+/// Close codes counted one by one; anything else is `other`.
+const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+
+/// One shard's metrics.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    pub connections: [Gauge; 4],
+    pub accepted: Counter,
+    pub subscriptions: Gauge,
+    pub topics: Gauge,
+    pub polls_held: Gauge,
+    pub published: Counter,
+    pub delivered: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub slow_disconnects: Counter,
+    pub slow_conflations: Counter,
+    pub http_errors: [Counter; HTTP_REASONS.len()],
+    pub close_codes: [Counter; CLOSE_CODES.len() + 1],
+}
+
+impl ShardMetrics {
+    pub fn connection(&self, kind: Kind) -> &Gauge {
+        &self.connections[kind as usize]
+    }
+
+    pub fn http_error(&self, e: HttpError) {
+        self.http_errors[http_error_index(e)].inc();
+    }
+
+    pub fn close_sent(&self, code: CloseCode) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code.0)
+            .unwrap_or(CLOSE_CODES.len());
+        self.close_codes[i].inc();
+    }
+}
+
+/// Writes one metric family: HELP, TYPE and a sample per shard (and label).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    shards: &[ShardMetrics],
+    samples: impl Fn(&ShardMetrics) -> Vec<(String, i128)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (i, m) in shards.iter().enumerate() {
+        for (labels, value) in samples(m) {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"{sep}{labels}}} {value}");
+        }
+    }
+}
+
+fn one(v: impl Into<i128>) -> Vec<(String, i128)> {
+    vec![(String::new(), v.into())]
+}
+
+/// The `/metrics` body.
+pub fn render(shards: &[ShardMetrics]) -> String {
+    let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "ringcast_connections",
+        "gauge",
+        "Open connections by transport.",
+        shards,
+        |m| {
+            KINDS
+                .iter()
+                .enumerate()
+                .map(|(k, name)| {
+                    (
+                        format!("transport=\"{name}\""),
+                        m.connections[k].get().into(),
+                    )
+                })
+                .collect()
+        },
+    );
+    family(
+        &mut out,
+        "ringcast_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        shards,
+        |m| one(m.accepted.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_subscriptions",
+        "gauge",
+        "Live subscriptions of this shard's clients.",
+        shards,
+        |m| one(m.subscriptions.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_topics",
+        "gauge",
+        "Topics owned by this shard (with a seq and history).",
+        shards,
+        |m| one(m.topics.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_polls_held",
+        "gauge",
+        "Long-poll requests waiting for a message.",
+        shards,
+        |m| one(m.polls_held.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_messages_published_total",
+        "counter",
+        "Messages published (counted on the topic's owner shard).",
+        shards,
+        |m| one(m.published.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_messages_delivered_total",
+        "counter",
+        "Messages queued to subscribers (counted on the subscriber's shard).",
+        shards,
+        |m| one(m.delivered.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_bytes_in_total",
+        "counter",
+        "Bytes read from client sockets.",
+        shards,
+        |m| one(m.bytes_in.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_bytes_out_total",
+        "counter",
+        "Bytes written to client sockets.",
+        shards,
+        |m| one(m.bytes_out.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_slow_consumers_total",
+        "counter",
+        "Slow-consumer policy actions.",
+        shards,
+        |m| {
+            vec![
+                (
+                    "action=\"disconnect\"".into(),
+                    m.slow_disconnects.get().into(),
+                ),
+                (
+                    "action=\"conflate\"".into(),
+                    m.slow_conflations.get().into(),
+                ),
+            ]
+        },
+    );
+    family(
+        &mut out,
+        "ringcast_http_errors_total",
+        "counter",
+        "Refused requests and handshakes, by reason.",
+        shards,
+        |m| {
+            HTTP_REASONS
+                .iter()
+                .zip(m.http_errors.iter())
+                .filter(|(_, c)| c.get() > 0)
+                .map(|(r, c)| (format!("reason=\"{r}\""), c.get().into()))
+                .collect()
+        },
+    );
+    family(
+        &mut out,
+        "ringcast_close_codes_sent_total",
+        "counter",
+        "WebSocket close frames sent, by code.",
+        shards,
+        |m| {
+            CLOSE_CODES
+                .iter()
+                .map(|c| c.to_string())
+                .chain(std::iter::once("other".to_string()))
+                .zip(m.close_codes.iter())
+                .filter(|(_, c)| c.get() > 0)
+                .map(|(code, c)| (format!("code=\"{code}\""), c.get().into()))
+                .collect()
+        },
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let shards: Vec<ShardMetrics> = (0..2).map(|_| ShardMetrics::default()).collect();
+        shards[0].connection(Kind::WebSocket).inc();
+        shards[0].connection(Kind::WebSocket).inc();
+        shards[1].connection(Kind::Sse).inc();
+        shards[1].delivered.add(42);
+        shards[0].http_error(HttpError::NotFound);
+        shards[1].close_sent(CloseCode::GOING_AWAY);
+        shards[1].close_sent(CloseCode(4000));
+        let text = render(&shards);
+        for line in [
+            "# TYPE ringcast_connections gauge",
+            "ringcast_connections{shard=\"0\",transport=\"websocket\"} 2",
+            "ringcast_connections{shard=\"1\",transport=\"sse\"} 1",
+            "ringcast_messages_delivered_total{shard=\"1\"} 42",
+            "ringcast_http_errors_total{shard=\"0\",reason=\"not_found\"} 1",
+            "ringcast_close_codes_sent_total{shard=\"1\",code=\"1001\"} 1",
+            "ringcast_close_codes_sent_total{shard=\"1\",code=\"other\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        // Every sample line is `name{labels} integer`.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            assert!(name.contains("{shard=\""), "{l}");
+            value.parse::<i64>().unwrap();
+        }
+    }
+
+    #[test]
+    fn gauges_go_both_ways() {
+        let g = Gauge::default();
+        g.inc();
+        g.inc();
+        g.dec();
+        assert_eq!(g.get(), 1);
+        g.set(7);
+        assert_eq!(g.get(), 7);
+    }
+
+    #[test]
+    fn blocks_do_not_share_cache_lines() {
+        assert!(std::mem::align_of::<ShardMetrics>() >= 128);
+    }
+}

@@ -1,0 +1,130 @@
+//! `GET /metrics`: Prometheus text whose numbers follow what happened.
+
+use std::collections::HashMap;
+
+use ringcast::frame::OpCode;
+use ringcast_e2e::{http_exchange, Broker, HttpConn, RawWs};
+
+/// Sums every sample of `name` (across shards) whose labels contain `label`.
+fn sum(text: &str, name: &str, label: &str) -> i64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v.parse::<i64>().unwrap())
+        .sum()
+}
+
+fn scrape(broker: &Broker) -> String {
+    let resp = http_exchange(broker.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+fn text(ws: &mut RawWs) -> serde_json::Value {
+    loop {
+        match ws.read_frame() {
+            Some((_, OpCode::Text, p)) => return serde_json::from_slice(&p).unwrap(),
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+}
+
+#[test]
+fn metrics_follow_the_traffic() {
+    let broker = Broker::start(&["--shards", "4"]);
+    let mut subs: Vec<RawWs> = (0..5).map(|_| RawWs::connect(broker.addr, "/ws")).collect();
+    for s in &mut subs {
+        s.send_frame(true, OpCode::Text, br#"{"op":"subscribe","topic":"m.t"}"#);
+        assert_eq!(text(s)["op"], "subscribed");
+    }
+    let mut echo = RawWs::connect(broker.addr, "/echo");
+    let mut http = HttpConn::connect(broker.addr);
+    for i in 0..3 {
+        assert_eq!(
+            http.post("/publish/m.t", i.to_string().as_bytes()).status,
+            200
+        );
+    }
+    for s in &mut subs {
+        for _ in 0..3 {
+            assert_eq!(text(s)["op"], "message");
+        }
+    }
+    http_exchange(broker.addr, b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    http_exchange(broker.addr, b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n");
+    // A client that breaks the protocol gets 1002, counted.
+    let mut bad = RawWs::connect(broker.addr, "/echo");
+    bad.send_raw(b"\x81\x01x"); // unmasked
+    assert_eq!(bad.expect_close().0, Some(1002));
+    bad.expect_eof();
+    drop(bad);
+
+    let m = scrape(&broker);
+    let expect: HashMap<(&str, &str), i64> = [
+        (("ringcast_connections", "transport=\"websocket\""), 5),
+        (("ringcast_connections", "transport=\"echo\""), 1),
+        (("ringcast_subscriptions", ""), 5),
+        (("ringcast_topics", ""), 1),
+        (("ringcast_messages_published_total", ""), 3),
+        (("ringcast_messages_delivered_total", ""), 15),
+        (("ringcast_http_errors_total", "reason=\"not_found\""), 1),
+        (
+            (
+                "ringcast_http_errors_total",
+                "reason=\"unsupported_version\"",
+            ),
+            1,
+        ),
+        (("ringcast_close_codes_sent_total", "code=\"1002\""), 1),
+    ]
+    .into_iter()
+    .collect();
+    for ((name, label), want) in &expect {
+        assert_eq!(sum(&m, name, label), *want, "{name}{{{label}}} in\n{m}");
+    }
+    assert!(sum(&m, "ringcast_connections_accepted_total", "") >= 10);
+    assert!(sum(&m, "ringcast_bytes_in_total", "") > 0);
+    assert!(sum(&m, "ringcast_bytes_out_total", "") > 0);
+    // Every family has HELP and TYPE.
+    for family in [
+        "ringcast_connections",
+        "ringcast_messages_delivered_total",
+        "ringcast_slow_consumers_total",
+    ] {
+        assert!(m.contains(&format!("# HELP {family} ")), "{family}");
+        assert!(m.contains(&format!("# TYPE {family} ")), "{family}");
+    }
+    // Closing the subscribers brings the gauges back down.
+    drop(subs);
+    echo.send_frame(true, OpCode::Close, &1000u16.to_be_bytes());
+    echo.expect_close();
+    echo.expect_eof();
+    drop(echo);
+    let mut settled = String::new();
+    for _ in 0..100 {
+        settled = scrape(&broker);
+        if sum(&settled, "ringcast_subscriptions", "") == 0
+            && sum(&settled, "ringcast_connections", "transport=\"websocket\"") == 0
+            && sum(&settled, "ringcast_connections", "transport=\"echo\"") == 0
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(sum(&settled, "ringcast_subscriptions", ""), 0, "{settled}");
+    assert_eq!(
+        sum(&settled, "ringcast_connections", "transport=\"websocket\""),
+        0
+    );
+    assert_eq!(
+        sum(&settled, "ringcast_connections", "transport=\"echo\""),
+        0
+    );
+}
