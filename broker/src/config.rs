@@ -76,112 +76,311 @@ pub enum SlowConsumer {
 pub struct Config {
     /// Address to listen on (one SO_REUSEPORT listener per shard). Port 0
     /// picks a free port; the chosen address is printed at start-up.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// Number of shards (threads, each with its own io_uring). Default: one
     /// per available core.
-    #[arg(long, default_value_t = default_shards())]
+    #[arg(long, env = "RINGCAST_SHARDS", default_value_t = default_shards())]
     pub shards: usize,
 
     /// Pin shard N to core N (mod the number of cores).
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_PIN_CORES")]
     pub pin_cores: bool,
 
     /// Connections per shard; past it new connections get `503`.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 65_536)]
     pub max_connections: usize,
 
     /// Time a client has to complete its HTTP request head (slowloris guard).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 
     /// Send a ping after this long without hearing from a WebSocket client.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, env = "RINGCAST_PING_INTERVAL", value_parser = parse_duration, default_value = "30s")]
     pub ping_interval: Duration,
 
     /// Drop a WebSocket client that sent nothing (not even a pong) for this long.
-    #[arg(long, value_parser = parse_duration, default_value = "75s")]
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "75s")]
     pub idle_timeout: Duration,
 
     /// After our close frame (or an HTTP error), how long to wait for the
     /// peer's close before dropping the TCP connection.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     pub close_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long to wait for clients to finish closing.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
 
     /// Largest accepted frame payload; above it, close 1009.
-    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    #[arg(long, env = "RINGCAST_MAX_FRAME_SIZE", value_parser = parse_size, default_value = "16MiB")]
     pub max_frame_size: usize,
 
     /// Largest accepted message (all fragments); above it, close 1009.
-    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "16MiB")]
     pub max_message_size: usize,
 
     /// Largest HTTP request head; above it, `431`.
-    #[arg(long, value_parser = parse_size, default_value = "8KiB")]
+    #[arg(long, env = "RINGCAST_MAX_HEAD_SIZE", value_parser = parse_size, default_value = "8KiB")]
     pub max_head_size: usize,
 
     /// Most header lines in an HTTP request; above it, `431`.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "RINGCAST_MAX_HEADERS", default_value_t = 32)]
     pub max_headers: usize,
 
     /// Bytes queued for one connection's socket before its producer waits
     /// (echo) or the slow-consumer policy applies (pub/sub).
-    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    #[arg(long, env = "RINGCAST_OUTBOX_SIZE", value_parser = parse_size, default_value = "1MiB")]
     pub outbox_size: usize,
 
-    /// Read size per socket read; grown temporarily for large frames.
-    #[arg(long, value_parser = parse_size, default_value = "4KiB")]
+    /// Read size for HTTP requests and bodies. WebSocket reads adapt on
+    /// their own: 512 bytes while idle, doubling up to 256 KiB while reads
+    /// fill the buffer.
+    #[arg(long, env = "RINGCAST_READ_BUFFER", value_parser = parse_size, default_value = "4KiB")]
     pub read_buffer: usize,
 
     /// Retained messages per topic, for `since` resume and polling.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "RINGCAST_HISTORY_MESSAGES", default_value_t = 100)]
     pub history_messages: usize,
 
     /// Retained bytes per topic (encoded frames).
-    #[arg(long, value_parser = parse_size, default_value = "256KiB")]
+    #[arg(long, env = "RINGCAST_HISTORY_BYTES", value_parser = parse_size, default_value = "256KiB")]
     pub history_bytes: usize,
 
     /// Topics a shard owns at most (each keeps its seq and history);
     /// publishing to a new topic past it is refused with `limit`.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "RINGCAST_MAX_TOPICS", default_value_t = 100_000)]
     pub max_topics: usize,
 
     /// Subscriptions one connection may hold.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, env = "RINGCAST_MAX_SUBSCRIPTIONS", default_value_t = 1_000)]
     pub max_subscriptions: usize,
 
     /// What happens to a subscriber whose outbox is full: `disconnect`
     /// (close 1008 "slow consumer"; it resumes with `since`) or `conflate`
     /// (per topic only the newest pending message is kept, and the client
     /// gets a `skipped` notice for the rest).
-    #[arg(long, value_enum, default_value_t = SlowConsumer::Disconnect)]
+    #[arg(long, env = "RINGCAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Disconnect)]
     pub slow_consumer: SlowConsumer,
 
     /// Long-poll requests a shard holds at once; past it, `503`.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "RINGCAST_MAX_POLLS", default_value_t = 10_000)]
     pub max_polls: usize,
 
     /// Longest `timeout_ms` a long-poll may ask for (default when absent:
     /// 30 s or this, whichever is shorter).
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, env = "RINGCAST_MAX_POLL_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub max_poll_timeout: Duration,
 
     /// Allowed `Origin` values, comma-separated. Empty: any origin.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
     /// Subprotocols the server accepts, in preference order, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
     pub subprotocols: Vec<String>,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `ringcast=debug`.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
+
+    /// A TOML file with any of the options above (`listen = "0.0.0.0:80"`,
+    /// `max-frame-size = "1MiB"`, `pin-cores = true`, ...). Precedence:
+    /// command-line flag, then `RINGCAST_*` variable, then this file, then
+    /// the default.
+    #[arg(long, env = "RINGCAST_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (as a config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// From the command line or the environment (including `--help`,
+    /// which clap reports this way).
+    Args(clap::Error),
+    /// From the config file, naming the file and the key.
+    File(String),
+}
+
+/// Options that make no sense in a config file.
+const NOT_IN_FILE: [&str; 4] = ["config", "print-config", "help", "version"];
+
+/// The flag's environment variable (`max-frame-size` → `RINGCAST_MAX_FRAME_SIZE`).
+fn env_name(key: &str) -> String {
+    format!("RINGCAST_{}", key.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Where `--config` points, from the arguments or `RINGCAST_CONFIG`.
+fn config_path(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(v.to_string());
+        }
+    }
+    std::env::var("RINGCAST_CONFIG").ok()
+}
+
+/// Turns a TOML file into `--key=value` arguments for the keys that neither
+/// the command line nor the environment set.
+fn file_args(path: &str, args: &[String]) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("config file {path}: {e}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config file {path}: {e}"))?;
+    let command = <Config as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    for (raw_key, value) in table {
+        let key = raw_key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && !NOT_IN_FILE.contains(&key.as_str()))
+            .ok_or_else(|| format!("config file {path}: unknown key `{raw_key}`"))?;
+        let flag = format!("--{key}");
+        let on_command_line = args
+            .iter()
+            .any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
+        if on_command_line || std::env::var_os(env_name(&key)).is_some() {
+            continue;
+        }
+        let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let bad = |what: &str| format!("config file {path}: key `{raw_key}`: expected {what}");
+        match value {
+            toml::Value::Boolean(b) if is_switch => {
+                if b {
+                    out.push(flag);
+                }
+            }
+            _ if is_switch => return Err(bad("true or false")),
+            toml::Value::String(v) => out.push(format!("{flag}={v}")),
+            toml::Value::Integer(v) => out.push(format!("{flag}={v}")),
+            toml::Value::Array(items) => {
+                let items: Result<Vec<String>, String> = items
+                    .into_iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) => Ok(s),
+                        _ => Err(bad("an array of strings")),
+                    })
+                    .collect();
+                let items = items?;
+                if !items.is_empty() {
+                    out.push(format!("{flag}={}", items.join(",")));
+                }
+            }
+            _ => return Err(bad("a string or an integer")),
+        }
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Loads the configuration from the process's arguments, environment
+    /// and `--config` file.
+    pub fn load() -> Result<Config, LoadError> {
+        Self::load_from(std::env::args().collect())
+    }
+
+    /// [`Config::load`] with explicit arguments (`args[0]` is the program).
+    pub fn load_from(args: Vec<String>) -> Result<Config, LoadError> {
+        let mut full = args.clone();
+        let mut from_file = Vec::new();
+        let path = config_path(&args);
+        if let Some(path) = &path {
+            from_file = file_args(path, &args).map_err(LoadError::File)?;
+            // Inserted right after the program name: flags given on the
+            // command line are not in `from_file`, so nothing overrides them.
+            full.splice(1..1, from_file.iter().cloned());
+        }
+        let parsed = Config::try_parse_from(full).map(|mut c| {
+            // `--allowed-origins=` (or an empty variable) means "none".
+            c.allowed_origins.retain(|s| !s.is_empty());
+            c.subprotocols.retain(|s| !s.is_empty());
+            c
+        });
+        parsed.map_err(|e| {
+            // Name the file when the bad value came from it.
+            let failing = e
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(|v| v.to_string());
+            match (&path, failing) {
+                (Some(path), Some(arg)) => {
+                    let long = arg.split_whitespace().next().unwrap_or("").to_string();
+                    if from_file
+                        .iter()
+                        .any(|a| a == &long || a.starts_with(&format!("{long}=")))
+                    {
+                        let key = long.trim_start_matches("--");
+                        let msg = e.to_string();
+                        let msg = msg.trim_start_matches("error: ").trim();
+                        return LoadError::File(format!("config file {path}: key `{key}`: {msg}"));
+                    }
+                    LoadError::Args(e)
+                }
+                _ => LoadError::Args(e),
+            }
+        })
+    }
+
+    /// The effective configuration as a config file `--config` accepts.
+    pub fn to_toml(&self) -> String {
+        let d = |d: Duration| {
+            if d.subsec_millis() == 0 && !d.is_zero() {
+                format!("\"{}s\"", d.as_secs())
+            } else {
+                format!("\"{}ms\"", d.as_millis())
+            }
+        };
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let slow = match self.slow_consumer {
+            SlowConsumer::Disconnect => "disconnect",
+            SlowConsumer::Conflate => "conflate",
+        };
+        [
+            format!("listen = \"{}\"", self.listen),
+            format!("shards = {}", self.shards),
+            format!("pin-cores = {}", self.pin_cores),
+            format!("max-connections = {}", self.max_connections),
+            format!("handshake-timeout = {}", d(self.handshake_timeout)),
+            format!("ping-interval = {}", d(self.ping_interval)),
+            format!("idle-timeout = {}", d(self.idle_timeout)),
+            format!("close-timeout = {}", d(self.close_timeout)),
+            format!("shutdown-grace = {}", d(self.shutdown_grace)),
+            format!("max-frame-size = {}", self.max_frame_size),
+            format!("max-message-size = {}", self.max_message_size),
+            format!("max-head-size = {}", self.max_head_size),
+            format!("max-headers = {}", self.max_headers),
+            format!("outbox-size = {}", self.outbox_size),
+            format!("read-buffer = {}", self.read_buffer),
+            format!("history-messages = {}", self.history_messages),
+            format!("history-bytes = {}", self.history_bytes),
+            format!("max-topics = {}", self.max_topics),
+            format!("max-subscriptions = {}", self.max_subscriptions),
+            format!("slow-consumer = \"{slow}\""),
+            format!("max-polls = {}", self.max_polls),
+            format!("max-poll-timeout = {}", d(self.max_poll_timeout)),
+            format!("allowed-origins = {}", list(&self.allowed_origins)),
+            format!("subprotocols = {}", list(&self.subprotocols)),
+            format!("log = {:?}", self.log),
+        ]
+        .join("\n")
+            + "\n"
+    }
 }
 
 impl Default for Config {
@@ -341,6 +540,86 @@ mod tests {
         let c = Config::try_parse_from(["ringcast", "--listen", "127.0.0.1:0", "--shards", "4"])
             .unwrap();
         assert_eq!(c.shards, 4);
+    }
+
+    fn write(name: &str, text: &str) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "ringcast-config-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn args(v: &[&str]) -> Vec<String> {
+        std::iter::once("ringcast")
+            .chain(v.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn config_file_sets_options_and_flags_win() {
+        let path = write(
+            "ok",
+            "listen = \"127.0.0.1:9999\"\nshards = 3\npin_cores = true\nmax-frame-size = \"1MiB\"\n\
+             max-message-size = 2097152\nidle-timeout = \"2m\"\nallowed-origins = [\"https://a\", \"https://b\"]\n\
+             slow-consumer = \"conflate\"\n",
+        );
+        let c = Config::load_from(args(&["--config", &path, "--shards", "5"])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.shards, 5, "the flag wins over the file");
+        assert!(c.pin_cores);
+        assert_eq!((c.max_frame_size, c.max_message_size), (1 << 20, 2 << 20));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+        assert_eq!(c.slow_consumer, SlowConsumer::Conflate);
+        // --print-config output loads back to the same configuration.
+        let again = write("again", &c.to_toml());
+        let d = Config::load_from(args(&["--config", &again])).unwrap();
+        assert_eq!(d.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_key() {
+        let cases = [
+            ("unknown", "max_frames = 3\n", "unknown key `max_frames`"),
+            (
+                "badvalue",
+                "max-frame-size = \"lots\"\n",
+                "key `max-frame-size`",
+            ),
+            (
+                "badtype",
+                "pin-cores = \"yes\"\n",
+                "key `pin-cores`: expected true or false",
+            ),
+            (
+                "float",
+                "shards = 1.5\n",
+                "key `shards`: expected a string or an integer",
+            ),
+            ("syntax", "listen = \n", "TOML"),
+        ];
+        for (name, text, want) in cases {
+            let path = write(name, text);
+            match Config::load_from(args(&["--config", &path])) {
+                Err(LoadError::File(msg)) => {
+                    assert!(msg.contains(&path), "{msg}");
+                    assert!(
+                        msg.contains(want) || (want == "TOML" && msg.contains("line")),
+                        "{name}: {msg}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        match Config::load_from(args(&["--config", "/nonexistent/ringcast.toml"])) {
+            Err(LoadError::File(msg)) => {
+                assert!(msg.contains("/nonexistent/ringcast.toml"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ringcast::config::Config;
+use ringcast::config::{Config, LoadError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
@@ -12,7 +11,25 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(c) => c,
+        // --help and --version exit 0 through here; bad flags exit 2.
+        Err(LoadError::Args(e)) => e.exit(),
+        Err(LoadError::File(e)) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.print_config {
+        print!("{}", config.to_toml());
+        return match config.validate() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringcast: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Err(e) = config.validate() {
         eprintln!("ringcast: invalid configuration: {e}");
         return ExitCode::from(2);
