@@ -192,6 +192,19 @@ impl Outbox {
         self.try_push(frame).map(|()| Pushed::Queued)
     }
 
+    /// Drops everything queued and not yet taken by the writer (whole
+    /// frames only: the writer's batch in flight is untouched). For a slow
+    /// consumer about to be closed: its close frame goes out now instead of
+    /// behind a queue it cannot read in time, and it resumes from the last
+    /// seq it did see.
+    pub fn discard_queued(&self) {
+        let mut q = self.queue.borrow_mut();
+        let dropped: usize = q.iter().map(Bytes::len).sum();
+        q.clear();
+        self.queued.set(self.queued.get().saturating_sub(dropped));
+        self.held.borrow_mut().clear();
+    }
+
     /// Encode conflation notices as Server-Sent Events.
     pub fn set_sse(&self) {
         self.sse.set(true);
@@ -472,5 +485,17 @@ mod tests {
         o.finish();
         assert!(!o.is_open());
         assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn discard_queued_keeps_the_accounting_right() {
+        let o = Outbox::new(100);
+        o.try_push(b(60)).unwrap();
+        o.try_push(b(40)).unwrap();
+        o.discard_queued();
+        assert_eq!(o.queued_bytes(), 0);
+        assert!(o.is_empty());
+        o.push_control(b(5)).unwrap();
+        assert_eq!(drain(&o).len(), 1);
     }
 }

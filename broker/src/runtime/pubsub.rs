@@ -661,6 +661,9 @@ impl PubSub {
                 tracing::debug!(shard = self.id, "slow consumer disconnected");
                 let deadline = Instant::now() + self.config.close_timeout;
                 if conn.transport.get() == Transport::WebSocket {
+                    // The close goes first: behind a full queue the client
+                    // could not read it in time and would see a bare EOF.
+                    conn.outbox.discard_queued();
                     conn.start_close(CloseCode::POLICY, "slow consumer", deadline);
                 } else {
                     // SSE has no close frame: what is queued is flushed,
