@@ -3,20 +3,38 @@
 //! It speaks WebSocket through the broker's own protocol library in client
 //! role (masked frames, random keys, the server's accept key verified), so
 //! it doubles as a second, independent-of-the-runtime user of that library.
-//! This first version has one scenario, `echo`: N connections each send M
-//! messages to `/echo` and verify every echo byte for byte. Later issues add
-//! the pub/sub scenarios and the HTTP baselines.
+//! The client core is tokio (the load generator need not be io_uring).
+//!
+//! Scenarios (`src/scenario/`):
+//! - `fanout`: S subscribers over T topics, P publishers at a fixed total
+//!   rate, open loop; delivery accounting from `seq` and latency from the
+//!   scheduled send time.
+//! - `conns`: N idle subscribed connections; handshake rate and the
+//!   broker's memory per connection.
+//! - `echo`: closed-loop round trips on `/echo`, every byte verified.
+//!
+//! Layout: `transport/` (how to reach the broker: WebSocket now, the HTTP
+//! baselines later), `proto.rs` (the wire contract's JSON), `stats.rs`
+//! (histograms, seq accounting), `sys.rs` (/proc, rusage, rlimit),
+//! `report.rs` (JSON and the human table).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+mod proto;
+mod report;
+mod scenario;
+mod stats;
+mod sys;
+mod transport;
+
+use std::net::IpAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
 use clap::{Parser, Subcommand};
-use ringcast::frame::OpCode;
-use ringcast::handshake::ClientHandshake;
-use ringcast::websocket::{Event, Limits, Role, WebSocket};
+use ringcast::config::parse_duration;
+use serde::Serialize;
+
+use scenario::Common;
+use transport::{Endpoint, Transport};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,213 +43,110 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "ringcast-loadgen",
     version,
-    about = "Load generator for ringcast"
+    about = "Load generator for ringcast (loopback only)"
 )]
 struct Cli {
-    /// The broker's base URL.
+    /// The broker's base URL (`http://HOST:PORT`; WebSocket on `/ws`).
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     broker: String,
+    /// Transport the clients use.
+    #[arg(long, value_enum, default_value_t = Transport::Ws, global = true)]
+    transport: Transport,
+    /// Print one JSON document on stdout instead of the table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The broker's process id: report its CPU (from /proc/PID/stat) and
+    /// resident memory (/proc/PID/status) over the measured window.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
+    /// Local source addresses, comma-separated, used round robin (e.g.
+    /// 127.0.0.2,127.0.0.3): each gives another ephemeral port range.
+    #[arg(long, value_delimiter = ',', global = true)]
+    source_ips: Vec<IpAddr>,
+    /// Per connection: TCP connect plus WebSocket handshake.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", global = true)]
+    connect_timeout: Duration,
+    /// Connecting and subscribing every client, in total.
+    #[arg(long, value_parser = parse_duration, default_value = "120s", global = true)]
+    setup_timeout: Duration,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Pub/sub fan-out: subscribers over topics, open-loop publishers;
+    /// delivery, loss and latency.
+    Fanout(scenario::fanout::FanoutArgs),
+    /// Many idle subscribed connections: handshake rate, broker memory
+    /// per connection.
+    Conns(scenario::conns::ConnsArgs),
     /// Closed-loop echo round trips against `/echo`, every byte verified.
-    Echo {
-        /// Concurrent connections (one thread each).
-        #[arg(long, default_value_t = 4)]
-        conns: usize,
-        /// Messages per connection.
-        #[arg(long, default_value_t = 10_000)]
-        messages: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 64)]
-        payload: usize,
-        /// Messages in flight per connection.
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-    },
+    Echo(scenario::echo::EchoArgs),
 }
 
-type Result<T> = std::result::Result<T, String>;
-
-/// `http://host:port` → `host:port`.
-fn authority(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("ws://"))
-        .ok_or_else(|| format!("--broker must be http://HOST:PORT, got {url:?}"))?;
-    Ok(rest.trim_end_matches('/').to_string())
-}
-
-/// A blocking WebSocket client on the sans-I/O state machine.
-struct Client {
-    stream: TcpStream,
-    ws: WebSocket,
-    buf: BytesMut,
-}
-
-impl Client {
-    fn connect(authority: &str, path: &str) -> Result<Client> {
-        let addr = authority
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("no address for {authority}"))?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("broker unreachable at {addr}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        stream.set_nodelay(true).ok();
-        let (hs, request) = ClientHandshake::new(authority, path, &[]);
-        stream.write_all(&request).map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            if let Some((n, _)) = hs
-                .parse_response(&buf, 8192)
-                .map_err(|e| format!("handshake: {e}"))?
-            {
-                let _ = buf.split_to(n);
-                break;
-            }
-            read_into(&mut stream, &mut buf)?;
-        }
-        let ws = WebSocket::new(Role::Client, Limits::default());
-        Ok(Client { stream, ws, buf })
+fn emit<R: Serialize + std::fmt::Display>(json: bool, r: &R) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r).expect("reports serialise")
+        );
+    } else {
+        println!("{r}");
     }
+}
 
-    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<()> {
-        let frame = self.ws.encode_message(opcode, payload);
-        self.stream
-            .write_all(&frame)
-            .map_err(|e| format!("write: {e}"))
-    }
-
-    /// The next data message (pings are answered on the way).
-    fn recv(&mut self) -> Result<Event> {
-        loop {
-            let ev = self
-                .ws
-                .poll(&mut self.buf)
-                .map_err(|e| format!("protocol: {e}"))?;
-            if let Some(out) = self.ws.take_output() {
-                self.stream.write_all(&out).map_err(|e| e.to_string())?;
-            }
-            match ev {
-                Some(e @ (Event::Text(_) | Event::Binary(_) | Event::Close(_))) => return Ok(e),
-                Some(_) => continue,
-                None => read_into(&mut self.stream, &mut self.buf)?,
-            }
+fn run(cli: Cli) -> Result<bool, String> {
+    for ip in &cli.source_ips {
+        if !ip.is_loopback() {
+            return Err(format!(
+                "--source-ips {ip} is not a loopback address; this load generator only runs on \
+                 the local machine"
+            ));
         }
     }
-}
-
-fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<()> {
-    let mut chunk = [0u8; 64 * 1024];
-    match stream.read(&mut chunk) {
-        Ok(0) => Err("broker closed the connection".into()),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
-        Err(e) => Err(format!("read: {e}")),
-    }
-}
-
-struct EchoReport {
-    messages: usize,
-    rtts: Vec<Duration>,
-}
-
-fn echo_conn(
-    authority: &str,
-    messages: usize,
-    payload: usize,
-    window: usize,
-) -> Result<EchoReport> {
-    let mut c = Client::connect(authority, "/echo")?;
-    let mut sent_at = std::collections::VecDeque::with_capacity(window);
-    let mut rtts = Vec::with_capacity(messages);
-    let body: Vec<u8> = (0..payload).map(|i| b'a' + (i % 26) as u8).collect();
-    let (mut sent, mut received) = (0, 0);
-    while received < messages {
-        while sent < messages && sent - received < window {
-            c.send(OpCode::Binary, &body)?;
-            sent_at.push_back(Instant::now());
-            sent += 1;
-        }
-        match c.recv()? {
-            Event::Binary(p) if p[..] == body[..] => {
-                rtts.push(sent_at.pop_front().expect("in flight").elapsed());
-                received += 1;
-            }
-            Event::Binary(_) => return Err("echo differs from what was sent".into()),
-            other => return Err(format!("unexpected {other:?}")),
-        }
-    }
-    c.ws.close(ringcast::close::CloseCode::NORMAL, "");
-    if let Some(out) = c.ws.take_output() {
-        let _ = c.stream.write_all(&out);
-    }
-    Ok(EchoReport { messages, rtts })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn run(cli: Cli) -> Result<()> {
-    let authority = authority(&cli.broker)?;
+    let common = Common {
+        endpoint: Endpoint::parse(&cli.broker)?,
+        broker_url: cli.broker.clone(),
+        transport: cli.transport,
+        source_ips: cli.source_ips,
+        broker_pid: cli.broker_pid,
+        connect_timeout: cli.connect_timeout,
+        setup_timeout: cli.setup_timeout,
+        json: cli.json,
+    };
+    sys::raise_nofile();
     match cli.scenario {
-        Scenario::Echo {
-            conns,
-            messages,
-            payload,
-            window,
-        } => {
-            let start = Instant::now();
-            let handles: Vec<_> = (0..conns)
-                .map(|_| {
-                    let a = authority.clone();
-                    std::thread::spawn(move || echo_conn(&a, messages, payload, window.max(1)))
-                })
-                .collect();
-            let mut rtts = Vec::new();
-            let mut total = 0;
-            for h in handles {
-                let r = h
-                    .join()
-                    .map_err(|_| "a client thread panicked".to_string())??;
-                total += r.messages;
-                rtts.extend(r.rtts);
-            }
-            let secs = start.elapsed().as_secs_f64();
-            rtts.sort();
-            println!("echo: {conns} conns x {messages} msgs x {payload} B, window {window}");
-            println!(
-                "  verified   {total} echoes in {secs:.2} s ({:.0} msg/s)",
-                total as f64 / secs
-            );
-            println!(
-                "  round trip p50 {:?}  p99 {:?}  max {:?}",
-                percentile(&rtts, 0.50),
-                percentile(&rtts, 0.99),
-                rtts.last().copied().unwrap_or_default()
-            );
-            Ok(())
+        Scenario::Fanout(a) => {
+            let r = scenario::fanout::run(&common, &a)?;
+            emit(common.json, &r);
+            Ok(r.perfect() || !a.require_perfect)
+        }
+        Scenario::Conns(a) => {
+            let r = scenario::conns::run(&common, &a)?;
+            emit(common.json, &r);
+            Ok(true)
+        }
+        Scenario::Echo(a) => {
+            let r = scenario::echo::run(&common, &a)?;
+            emit(common.json, &r);
+            Ok(true)
         }
     }
 }
 
+/// Exit status: 0 success; 1 the run failed (broker unreachable, closed a
+/// connection mid-run, refused a command, bad flags); 3 (`fanout
+/// --require-perfect`) the run completed but not every message was
+/// delivered exactly once in order.
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("ringcast-loadgen: {e}");
-            ExitCode::FAILURE
+            eprintln!("ringcast-loadgen: error: {e}");
+            // Worker threads may still hold connections; do not wait for them.
+            std::process::exit(1);
         }
     }
 }

@@ -1,0 +1,454 @@
+//! Results: one serialisable struct per scenario (`--json` prints it as a
+//! single JSON document on stdout) and the human table printed otherwise.
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use crate::stats::{LatencySummary, SeqCounts};
+use crate::sys::{BrokerUsage, HostUsage};
+use crate::transport::Transport;
+
+/// The load generator's own resource use over the measured window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoadgenUsage {
+    pub cpu_seconds: f64,
+    /// CPU seconds / wall seconds, all threads (1.0 = one core busy).
+    pub cpu_utilization: f64,
+    pub max_rss_kib: u64,
+}
+
+impl LoadgenUsage {
+    /// Above this share of one core, a one-core load generator is likely
+    /// the limit, not the broker.
+    pub const SATURATED: f64 = 0.90;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub transport: Transport,
+    pub broker_url: String,
+    pub subs: usize,
+    pub topics: usize,
+    pub publishers: usize,
+    /// Offered rate, messages/s.
+    pub rate: f64,
+    pub duration_s: f64,
+    /// Actual size of each message's `data`.
+    pub payload_bytes: usize,
+    pub topic_prefix: String,
+    pub setup_s: f64,
+    pub published: u64,
+    /// Achieved publish rate (first to last write).
+    pub publish_rate: f64,
+    /// Actual write time minus scheduled time, per message.
+    pub send_lag: LatencySummary,
+    pub publisher_cpu_s: f64,
+    /// Summed over subscribers.
+    pub totals: SeqCounts,
+    pub subscribers_perfect: usize,
+    pub worst_lost: u64,
+    pub wrong_topic: u64,
+    /// `totals.delivered / duration_s`.
+    pub deliveries_per_s: f64,
+    /// Scheduled send time to delivery.
+    pub latency: LatencySummary,
+    pub drain_s: f64,
+    pub drain_complete: bool,
+    /// Run start to end of drain: the window CPU is measured over.
+    pub window_s: f64,
+    pub broker: Option<BrokerUsage>,
+    pub broker_cpu_us_per_delivery: Option<f64>,
+    pub loadgen: LoadgenUsage,
+    /// The whole host over the window (other work makes numbers noisy).
+    pub host: Option<HostUsage>,
+}
+
+impl FanoutReport {
+    /// Share of the expected deliveries that arrived (0..=1).
+    pub fn delivery_ratio(&self) -> f64 {
+        if self.totals.expected == 0 {
+            return 1.0;
+        }
+        (self.totals.expected - self.totals.lost) as f64 / self.totals.expected as f64
+    }
+
+    /// Every expected message reached every subscriber once, in order.
+    pub fn perfect(&self) -> bool {
+        self.totals.perfect() && self.wrong_topic == 0 && self.drain_complete
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnsReport {
+    pub transport: Transport,
+    pub broker_url: String,
+    pub conns: usize,
+    pub topics: usize,
+    pub source_ips: Vec<String>,
+    pub nofile_limit: u64,
+    /// First connect to last `subscribed`.
+    pub open_s: f64,
+    /// Connections / time to the last completed handshake.
+    pub handshakes_per_s: f64,
+    pub subscribed_per_s: f64,
+    /// TCP connect + upgrade, per connection.
+    pub handshake: LatencySummary,
+    /// `subscribe` sent to `subscribed` received.
+    pub subscribe: LatencySummary,
+    /// CPU over the opening phase; RSS before the first connection and
+    /// after `--settle`.
+    pub broker: Option<BrokerUsage>,
+    pub broker_rss_delta_per_conn_kib: Option<f64>,
+    pub broker_cpu_us_per_conn: Option<f64>,
+    pub loadgen: LoadgenUsage,
+    pub host: Option<HostUsage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EchoReport {
+    pub broker_url: String,
+    pub conns: usize,
+    pub messages: usize,
+    pub payload_bytes: usize,
+    pub window: usize,
+    pub verified: u64,
+    pub seconds: f64,
+    pub messages_per_s: f64,
+    pub round_trip: LatencySummary,
+}
+
+/// `850 µs`, `12.3 ms`, `1.20 s`.
+pub fn fmt_us(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.0} µs")
+    } else if us < 1_000_000.0 {
+        format!("{:.2} ms", us / 1_000.0)
+    } else {
+        format!("{:.2} s", us / 1_000_000.0)
+    }
+}
+
+/// `12.3 KiB` / `4.5 MiB`.
+pub fn fmt_kib(kib: u64) -> String {
+    if kib < 10 * 1024 {
+        format!("{kib} KiB")
+    } else {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    }
+}
+
+fn latency_table(out: &mut String, title: &str, l: &LatencySummary) -> fmt::Result {
+    writeln!(out, "  {title} ({} samples)", l.count)?;
+    writeln!(
+        out,
+        "    {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "p50", "p90", "p99", "p99.9", "max", "mean"
+    )?;
+    writeln!(
+        out,
+        "    {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        fmt_us(l.p50_us),
+        fmt_us(l.p90_us),
+        fmt_us(l.p99_us),
+        fmt_us(l.p999_us),
+        fmt_us(l.max_us),
+        fmt_us(l.mean_us)
+    )
+}
+
+fn broker_line(out: &mut String, b: &BrokerUsage, per: Option<(f64, &str)>) -> fmt::Result {
+    write!(
+        out,
+        "  broker (pid {})  cpu {:.2} s = {:.1} % of a core",
+        b.pid,
+        b.cpu_seconds,
+        b.cpu_utilization * 100.0
+    )?;
+    if let Some((v, unit)) = per {
+        write!(out, ", {v:.3} µs/{unit}")?;
+    }
+    writeln!(
+        out,
+        "; RSS {} -> {}",
+        fmt_kib(b.rss_before_kib),
+        fmt_kib(b.rss_after_kib)
+    )
+}
+
+fn host_line(out: &mut String, h: &Option<HostUsage>) -> fmt::Result {
+    if let Some(h) = h {
+        writeln!(
+            out,
+            "  host             {:.2} of {} cores busy, {:.2} by other processes{}",
+            h.busy_cores,
+            h.cpus,
+            h.other_cores,
+            if h.other_cores > 0.2 {
+                " (noisy measurement)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn loadgen_line(out: &mut String, l: &LoadgenUsage) -> fmt::Result {
+    writeln!(
+        out,
+        "  loadgen          cpu {:.2} s = {:.1} % of a core{}; max RSS {}",
+        l.cpu_seconds,
+        l.cpu_utilization * 100.0,
+        if l.cpu_utilization >= LoadgenUsage::SATURATED {
+            " (near one core: on one core the load generator may be the limit)"
+        } else {
+            ""
+        },
+        fmt_kib(l.max_rss_kib)
+    )
+}
+
+impl fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut o = String::new();
+        let t = &self.totals;
+        writeln!(
+            o,
+            "fanout over {}: {} subscribers x {} topic(s), {} publisher(s), {} msg/s for {:.1} s, data {} B",
+            self.transport.name(),
+            self.subs,
+            self.topics,
+            self.publishers,
+            self.rate,
+            self.duration_s,
+            self.payload_bytes
+        )?;
+        writeln!(
+            o,
+            "  setup            {:.2} s to connect and subscribe everyone",
+            self.setup_s
+        )?;
+        writeln!(
+            o,
+            "  published        {} messages ({:.1} msg/s achieved); publisher cpu {:.2} s",
+            self.published, self.publish_rate, self.publisher_cpu_s
+        )?;
+        writeln!(
+            o,
+            "  delivered        {} of {} expected = {:.4} %  ({:.0} deliveries/s)",
+            t.delivered,
+            t.expected,
+            self.delivery_ratio() * 100.0,
+            self.deliveries_per_s
+        )?;
+        writeln!(
+            o,
+            "  lost/dup/ooo     {} / {} / {}   unexpected {}  skipped-notices {}  wrong-topic {}",
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+            t.unexpected,
+            t.skipped_notified,
+            self.wrong_topic
+        )?;
+        writeln!(
+            o,
+            "  subscribers      {} of {} perfect; worst lost {}",
+            self.subscribers_perfect, self.subs, self.worst_lost
+        )?;
+        writeln!(
+            o,
+            "  drain            {:.3} s ({})",
+            self.drain_s,
+            if self.drain_complete {
+                "complete"
+            } else {
+                "timed out: the rest is lost"
+            }
+        )?;
+        latency_table(&mut o, "latency, scheduled send -> delivery", &self.latency)?;
+        latency_table(&mut o, "send lag, scheduled -> written", &self.send_lag)?;
+        if let Some(b) = &self.broker {
+            broker_line(
+                &mut o,
+                b,
+                self.broker_cpu_us_per_delivery.map(|v| (v, "delivery")),
+            )?;
+        }
+        loadgen_line(&mut o, &self.loadgen)?;
+        host_line(&mut o, &self.host)?;
+        write!(
+            o,
+            "  verdict          {}",
+            if self.perfect() {
+                "100 % delivered, in order, no duplicates"
+            } else {
+                "NOT all delivered exactly once in order (see above)"
+            }
+        )?;
+        f.write_str(&o)
+    }
+}
+
+impl fmt::Display for ConnsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut o = String::new();
+        writeln!(
+            o,
+            "conns over {}: {} idle connections, each subscribed to one of {} topics",
+            self.transport.name(),
+            self.conns,
+            self.topics
+        )?;
+        writeln!(
+            o,
+            "  source addresses {}  (RLIMIT_NOFILE {})",
+            if self.source_ips.is_empty() {
+                "kernel's choice".to_string()
+            } else {
+                self.source_ips.join(",")
+            },
+            self.nofile_limit
+        )?;
+        writeln!(
+            o,
+            "  opened           {:.2} s: {:.0} handshakes/s, {:.0} subscribed/s",
+            self.open_s, self.handshakes_per_s, self.subscribed_per_s
+        )?;
+        latency_table(&mut o, "handshake (connect + upgrade)", &self.handshake)?;
+        latency_table(&mut o, "subscribe -> subscribed", &self.subscribe)?;
+        if let Some(b) = &self.broker {
+            broker_line(&mut o, b, self.broker_cpu_us_per_conn.map(|v| (v, "conn")))?;
+        }
+        if let Some(d) = self.broker_rss_delta_per_conn_kib {
+            writeln!(o, "  broker RSS       {d:.2} KiB per connection")?;
+        }
+        loadgen_line(&mut o, &self.loadgen)?;
+        host_line(&mut o, &self.host)?;
+        f.write_str(o.trim_end())
+    }
+}
+
+impl fmt::Display for EchoReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut o = String::new();
+        writeln!(
+            o,
+            "echo: {} conns x {} msgs x {} B, window {}",
+            self.conns, self.messages, self.payload_bytes, self.window
+        )?;
+        writeln!(
+            o,
+            "  verified   {} echoes in {:.2} s ({:.0} msg/s)",
+            self.verified, self.seconds, self.messages_per_s
+        )?;
+        latency_table(&mut o, "round trip", &self.round_trip)?;
+        f.write_str(o.trim_end())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FanoutReport {
+        let lat = LatencySummary {
+            count: 10,
+            min_us: 10.0,
+            mean_us: 20.0,
+            p50_us: 18.0,
+            p90_us: 30.0,
+            p99_us: 900.0,
+            p999_us: 1500.0,
+            max_us: 2_500_000.0,
+        };
+        FanoutReport {
+            transport: Transport::Ws,
+            broker_url: "http://127.0.0.1:1".into(),
+            subs: 2,
+            topics: 1,
+            publishers: 1,
+            rate: 5.0,
+            duration_s: 1.0,
+            payload_bytes: 64,
+            topic_prefix: "lg.x".into(),
+            setup_s: 0.1,
+            published: 5,
+            publish_rate: 5.0,
+            send_lag: lat,
+            publisher_cpu_s: 0.0,
+            totals: SeqCounts {
+                expected: 10,
+                delivered: 9,
+                lost: 1,
+                ..Default::default()
+            },
+            subscribers_perfect: 1,
+            worst_lost: 1,
+            wrong_topic: 0,
+            deliveries_per_s: 9.0,
+            latency: lat,
+            drain_s: 5.0,
+            drain_complete: false,
+            window_s: 6.0,
+            broker: Some(BrokerUsage {
+                pid: 7,
+                cpu_seconds: 0.5,
+                cpu_utilization: 0.083,
+                rss_before_kib: 2048,
+                rss_after_kib: 20480,
+            }),
+            broker_cpu_us_per_delivery: Some(55_555.6),
+            loadgen: LoadgenUsage {
+                cpu_seconds: 5.7,
+                cpu_utilization: 0.95,
+                max_rss_kib: 1000,
+            },
+            host: Some(HostUsage {
+                cpus: 2,
+                busy_cores: 1.9,
+                other_cores: 0.9,
+            }),
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(fmt_us(850.4), "850 µs");
+        assert_eq!(fmt_us(12_345.0), "12.35 ms");
+        assert_eq!(fmt_us(1_200_000.0), "1.20 s");
+        assert_eq!(fmt_kib(2048), "2048 KiB");
+        assert_eq!(fmt_kib(20480), "20.0 MiB");
+    }
+
+    #[test]
+    fn fanout_table_and_verdict() {
+        let r = sample();
+        assert!((r.delivery_ratio() - 0.9).abs() < 1e-9);
+        assert!(!r.perfect());
+        let text = r.to_string();
+        assert!(text.contains("9 of 10 expected = 90.0000 %"), "{text}");
+        assert!(text.contains("timed out"), "{text}");
+        assert!(text.contains("NOT all delivered"), "{text}");
+        assert!(text.contains("near one core"), "{text}");
+        assert!(text.contains("2.50 s"), "{text}");
+        assert!(text.contains("RSS 2048 KiB -> 20.0 MiB"), "{text}");
+        assert!(text.contains("0.90 by other processes (noisy"), "{text}");
+    }
+
+    #[test]
+    fn fanout_json_is_one_document_with_stable_keys() {
+        let v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(v["transport"], "ws");
+        assert_eq!(v["totals"]["lost"], 1);
+        assert_eq!(v["latency"]["p999_us"], 1500.0);
+        assert_eq!(v["broker"]["pid"], 7);
+        assert!(v["loadgen"]["cpu_utilization"].as_f64().unwrap() > 0.9);
+        let mut r = sample();
+        r.broker = None;
+        r.broker_cpu_us_per_delivery = None;
+        let v = serde_json::to_value(r).unwrap();
+        assert!(v["broker"].is_null());
+    }
+}

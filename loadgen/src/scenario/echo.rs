@@ -1,0 +1,104 @@
+//! `echo`: closed-loop round trips against `/echo`, every byte verified.
+//! N connections each send M binary messages with up to `window` in
+//! flight; checks the broker's echo path (not pub/sub).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Instant;
+
+use ringcast::websocket::Event;
+
+use super::{spawn_runtime_thread, Common};
+use crate::report::EchoReport;
+use crate::stats::Latency;
+use crate::sys::mono_ns;
+use crate::transport::ws::WsClient;
+use crate::transport::Result;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EchoArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
+    /// Messages per connection.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+}
+
+pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
+    if args.conns == 0 || args.conns > 10_000 || args.messages > 100_000_000 {
+        return Err("--conns must be in 1..=10000 and --messages at most 100000000".into());
+    }
+    let (common2, args2) = (common.clone(), args.clone());
+    let start = Instant::now();
+    let (rtt, total) = spawn_runtime_thread("echo".into(), move || async move {
+        let rtt = Rc::new(RefCell::new(Latency::new()));
+        let mut tasks = Vec::new();
+        for i in 0..args2.conns {
+            let (common, args, rtt) = (common2.clone(), args2.clone(), rtt.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                echo_conn(&common, i, &args, &rtt).await
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.map_err(|e| format!("echo task: {e}"))??;
+        }
+        let rtt = rtt.borrow().clone();
+        Ok::<_, String>((rtt, total))
+    })
+    .join()
+    .map_err(|_| "the echo thread panicked".to_string())??;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(EchoReport {
+        broker_url: common.broker_url.clone(),
+        conns: args.conns,
+        messages: args.messages,
+        payload_bytes: args.payload,
+        window: args.window.max(1),
+        verified: total,
+        seconds: secs,
+        messages_per_s: total as f64 / secs,
+        round_trip: rtt.summary(),
+    })
+}
+
+async fn echo_conn(
+    common: &Common,
+    i: usize,
+    args: &EchoArgs,
+    rtt: &RefCell<Latency>,
+) -> Result<u64> {
+    let opts = common.connect_opts(i, 64 * 1024);
+    let mut c = WsClient::connect(&common.endpoint, "/echo", &opts).await?;
+    let body: Vec<u8> = (0..args.payload).map(|i| b'a' + (i % 26) as u8).collect();
+    let window = args.window.max(1);
+    let mut sent_at = VecDeque::with_capacity(window);
+    let (mut sent, mut received) = (0, 0);
+    while received < args.messages {
+        while sent < args.messages && sent - received < window {
+            c.queue_binary(&body);
+            sent_at.push_back(mono_ns());
+            sent += 1;
+        }
+        c.flush().await?;
+        match c.next_message().await? {
+            Event::Binary(p) if p[..] == body[..] => {
+                let t = sent_at.pop_front().expect("in flight");
+                rtt.borrow_mut().record_ns(mono_ns() - t);
+                received += 1;
+            }
+            Event::Binary(_) => return Err("echo differs from what was sent".into()),
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
+    c.close_now().await;
+    Ok(received as u64)
+}

@@ -1,0 +1,779 @@
+//! `fanout`: S subscribers over T topics, P publishers at a fixed total
+//! rate, open loop.
+//!
+//! Timeline (the main thread drives it):
+//!
+//! 1. *Setup*: subscriber `i` connects and subscribes to topic `i % T`;
+//!    publishers connect. Nothing is published before every subscriber has
+//!    its `subscribed`.
+//! 2. *Run*: message `k` is due at `start + k / R` and goes to topic
+//!    `k % T` through publisher `k % P`. The schedule never waits for the
+//!    broker (open loop): a publisher that falls behind sends what is due in
+//!    a batch. Each `data` carries its *scheduled* time, and subscribers
+//!    record `arrival - scheduled` in an HDR histogram, so a stall anywhere
+//!    (broker, network, the load generator itself) shows up as latency
+//!    instead of silently lowering the offered rate (no coordinated
+//!    omission). How late the publishers actually wrote is measured too
+//!    (`send lag`), to tell load generator lag from broker latency.
+//! 3. *Drain*: the publishers report how many messages each topic got;
+//!    subscribers have until `--drain` to receive the rest. Whatever is
+//!    still missing then is `lost`.
+//! 4. *Stop*: connections close, counts and histograms are merged.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use ringcast::config::parse_duration;
+use tokio::sync::{watch, Semaphore};
+
+use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
+use crate::proto::{self, Incoming};
+use crate::report::{FanoutReport, LoadgenUsage};
+use crate::stats::{Latency, SeqCounts, SeqTracker};
+use crate::sys::{self, mono_ns, BrokerUsage, HostSample, HostUsage, ProcSample};
+use crate::transport::{PubConn, Result, SubConn};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// Subscriber connections; subscriber i subscribes to topic i % topics.
+    #[arg(long, default_value_t = 100)]
+    pub subs: usize,
+    /// Topics.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Publisher connections; message k goes out on publisher k % publishers.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Total publish rate over all publishers and topics, messages/s.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to publish (`10s`, `500ms`, `2m`).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Bytes of each message's `data`: a JSON object with the scheduled
+    /// send time, padded to this size (minimum about 30).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// After publishing stops, how long to wait for late deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// Threads the subscribers are spread over (each one single-threaded
+    /// runtime). Publishers have a thread of their own.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Connection attempts in flight at once during setup.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Topics are PREFIX.0 … PREFIX.N-1. Default: `lg.<random>`, so every
+    /// topic starts at seq 1 (seq accounting assumes that).
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Exit with status 3 unless every expected message reached every
+    /// subscriber exactly once and in order.
+    #[arg(long)]
+    pub require_perfect: bool,
+}
+
+impl FanoutArgs {
+    pub fn validate(&self) -> Result<()> {
+        let bounded = [
+            ("--subs", self.subs, 1, 200_000),
+            ("--topics", self.topics, 1, 100_000),
+            ("--publishers", self.publishers, 1, 1_000),
+            ("--threads", self.threads, 1, 64),
+            ("--connect-concurrency", self.connect_concurrency, 1, 10_000),
+            ("--payload", self.payload, 0, 16 << 20),
+        ];
+        for (flag, v, lo, hi) in bounded {
+            if v < lo || v > hi {
+                return Err(format!("{flag} must be in {lo}..={hi}, got {v}"));
+            }
+        }
+        if !(self.rate > 0.0 && self.rate <= 10_000_000.0) {
+            return Err(format!(
+                "--rate must be in (0, 10000000] msg/s, got {}",
+                self.rate
+            ));
+        }
+        if self.duration.is_zero() || self.duration > Duration::from_secs(3600) {
+            return Err("--duration must be in (0, 1h]".into());
+        }
+        if self.drain > Duration::from_secs(600) {
+            return Err("--drain must be at most 10m".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Setup,
+    Run { start_ns: u64, end_ns: u64 },
+    Drain,
+    Stop,
+}
+
+enum Note {
+    SubsReady,
+    PubsReady,
+    Published(Box<PubResult>),
+    Drained,
+    SubResult(Box<SubResult>),
+    Fatal(String),
+}
+
+struct PubResult {
+    sent_per_topic: Vec<u64>,
+    lag: Latency,
+    first_ns: u64,
+    last_ns: u64,
+    cpu: Duration,
+}
+
+struct SubResult {
+    per_sub: Vec<SeqCounts>,
+    latency: Latency,
+    wrong_topic: u64,
+}
+
+/// State shared by the subscriber tasks of one thread.
+struct SubShared {
+    latency: Latency,
+    trackers: Vec<SeqTracker>,
+    complete: Vec<bool>,
+    ready: usize,
+    wrong_topic: u64,
+    unstamped: u64,
+}
+
+/// What the main thread needs to drive everybody.
+#[derive(Clone)]
+struct Ctl {
+    notes: mpsc::Sender<Note>,
+    phase: watch::Receiver<Phase>,
+    /// Per topic: how many were published; set at the start of Drain.
+    expected: Arc<Vec<AtomicU64>>,
+}
+
+impl Ctl {
+    fn fatal(&self, msg: String) {
+        let _ = self.notes.send(Note::Fatal(msg));
+    }
+
+    fn stopping(&self) -> bool {
+        *self.phase.borrow() == Phase::Stop
+    }
+}
+
+pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
+    args.validate()?;
+    let prefix = args.topic_prefix.clone().unwrap_or_else(random_prefix);
+    let topics: Arc<Vec<String>> =
+        Arc::new((0..args.topics).map(|i| format!("{prefix}.{i}")).collect());
+    let (note_tx, notes) = mpsc::channel();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let expected: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.topics).map(|_| AtomicU64::new(0)).collect());
+    let ctl = Ctl {
+        notes: note_tx,
+        phase: phase_rx,
+        expected,
+    };
+
+    common.progress(format!(
+        "fanout: connecting {} subscribers over {} topics ({prefix}.*) and {} publisher(s) to {}",
+        args.subs, args.topics, args.publishers, common.broker_url
+    ));
+    let setup_started = Instant::now();
+    let mut threads = Vec::new();
+    for t in 0..args.threads {
+        let mine = share(args.subs, args.threads, t);
+        let (common, args, topics, ctl) =
+            (common.clone(), args.clone(), topics.clone(), ctl.clone());
+        threads.push(spawn_runtime_thread(format!("subs-{t}"), move || {
+            subscriber_thread(common, args, topics, ctl, mine)
+        }));
+    }
+    {
+        let (common, args, topics, ctl) =
+            (common.clone(), args.clone(), topics.clone(), ctl.clone());
+        threads.push(spawn_runtime_thread("publishers".into(), move || {
+            publisher_thread(common, args, topics, ctl)
+        }));
+    }
+
+    // Setup: everyone connected and subscribed.
+    let deadline = setup_started + common.setup_timeout;
+    let (mut subs_ready, mut pubs_ready) = (0, false);
+    while subs_ready < args.threads || !pubs_ready {
+        match recv_until(
+            &notes,
+            deadline,
+            "connecting and subscribing (--setup-timeout)",
+        )? {
+            Note::SubsReady => subs_ready += 1,
+            Note::PubsReady => pubs_ready = true,
+            Note::Fatal(e) => return Err(e),
+            _ => {}
+        }
+    }
+    let setup = setup_started.elapsed();
+    common.progress(format!(
+        "fanout: {} subscribed in {:.2} s; publishing {} msg/s of {} B for {:?}",
+        args.subs,
+        setup.as_secs_f64(),
+        args.rate,
+        args.payload,
+        args.duration
+    ));
+
+    // Run.
+    let broker_before = common.broker_pid.map(ProcSample::read).transpose()?;
+    let cpu_before = sys::self_cpu();
+    let host_before = HostSample::read();
+    let wall_start = Instant::now();
+    let start_ns = mono_ns() + 20_000_000;
+    let end_ns = start_ns + args.duration.as_nanos() as u64;
+    phase_tx.send_replace(Phase::Run { start_ns, end_ns });
+    let deadline = Instant::now() + args.duration + Duration::from_secs(30);
+    let published = loop {
+        match recv_until(&notes, deadline, "for the publishers to finish")? {
+            Note::Published(p) => break p,
+            Note::Fatal(e) => return Err(e),
+            _ => {}
+        }
+    };
+    for (slot, &n) in ctl.expected.iter().zip(&published.sent_per_topic) {
+        slot.store(n, Ordering::Release);
+    }
+    let publish_end = Instant::now();
+
+    // Drain.
+    phase_tx.send_replace(Phase::Drain);
+    let drain_deadline = publish_end + args.drain;
+    let mut drained = 0;
+    let mut drain_complete = true;
+    while drained < args.threads {
+        match recv_until(&notes, drain_deadline, "") {
+            Ok(Note::Drained) => drained += 1,
+            Ok(Note::Fatal(e)) => return Err(e),
+            Ok(_) => {}
+            Err(_) => {
+                drain_complete = false;
+                break;
+            }
+        }
+    }
+    let drain = publish_end.elapsed();
+    let wall = wall_start.elapsed();
+    let cpu = sys::self_cpu().saturating_sub(cpu_before);
+    let broker = match (common.broker_pid, broker_before) {
+        (Some(pid), Some(before)) => {
+            let after = ProcSample::read(pid)?;
+            Some(BrokerUsage::between(pid, &before, &after, wall))
+        }
+        _ => None,
+    };
+    let loadgen_util = cpu.as_secs_f64() / wall.as_secs_f64();
+    let host = host_before.zip(HostSample::read()).map(|(a, b)| {
+        HostUsage::between(
+            &a,
+            &b,
+            loadgen_util + broker.map_or(0.0, |b| b.cpu_utilization),
+        )
+    });
+
+    // Stop and collect.
+    phase_tx.send_replace(Phase::Stop);
+    let mut latency = Latency::new();
+    let mut per_sub = Vec::with_capacity(args.subs);
+    let mut wrong_topic = 0;
+    let mut results = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while results < args.threads {
+        match recv_until(&notes, deadline, "collecting results")? {
+            Note::SubResult(r) => {
+                results += 1;
+                latency.merge(&r.latency);
+                per_sub.extend(r.per_sub);
+                wrong_topic += r.wrong_topic;
+            }
+            Note::Fatal(e) => return Err(e),
+            _ => {}
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+
+    let mut totals = SeqCounts::default();
+    for c in &per_sub {
+        totals.add(c);
+    }
+    let sent: u64 = published.sent_per_topic.iter().sum();
+    let mut data = Vec::new();
+    proto::stamped_data(&mut data, start_ns, args.payload);
+    Ok(FanoutReport {
+        transport: common.transport,
+        broker_url: common.broker_url.clone(),
+        subs: args.subs,
+        topics: args.topics,
+        publishers: args.publishers,
+        rate: args.rate,
+        duration_s: args.duration.as_secs_f64(),
+        payload_bytes: data.len(),
+        topic_prefix: prefix,
+        setup_s: setup.as_secs_f64(),
+        published: sent,
+        publish_rate: rate(sent, (published.last_ns - published.first_ns) as f64 / 1e9),
+        send_lag: published.lag.summary(),
+        publisher_cpu_s: published.cpu.as_secs_f64(),
+        totals,
+        subscribers_perfect: per_sub.iter().filter(|c| c.perfect()).count(),
+        worst_lost: per_sub.iter().map(|c| c.lost).max().unwrap_or(0),
+        wrong_topic,
+        deliveries_per_s: totals.delivered as f64 / args.duration.as_secs_f64(),
+        latency: latency.summary(),
+        drain_s: drain.as_secs_f64(),
+        drain_complete,
+        window_s: wall.as_secs_f64(),
+        broker,
+        broker_cpu_us_per_delivery: broker
+            .map(|b| per_delivery_us(b.cpu_seconds, totals.delivered)),
+        loadgen: LoadgenUsage {
+            cpu_seconds: cpu.as_secs_f64(),
+            cpu_utilization: loadgen_util,
+            max_rss_kib: sys::self_max_rss_kib(),
+        },
+        host,
+    })
+}
+
+/// The rate of `n` messages whose first and last were `secs` apart (n
+/// messages span n-1 intervals).
+fn rate(n: u64, secs: f64) -> f64 {
+    if n <= 1 || secs <= 0.0 {
+        n as f64
+    } else {
+        (n - 1) as f64 / secs
+    }
+}
+
+/// Microseconds of CPU per delivered message.
+pub fn per_delivery_us(cpu_seconds: f64, delivered: u64) -> f64 {
+    if delivered == 0 {
+        0.0
+    } else {
+        cpu_seconds * 1e6 / delivered as f64
+    }
+}
+
+async fn subscriber_thread(
+    common: Common,
+    args: FanoutArgs,
+    topics: Arc<Vec<String>>,
+    ctl: Ctl,
+    mine: Vec<usize>,
+) {
+    let n = mine.len();
+    let shared = Rc::new(RefCell::new(SubShared {
+        latency: Latency::new(),
+        trackers: vec![SeqTracker::new(); n],
+        complete: vec![false; n],
+        ready: 0,
+        wrong_topic: 0,
+        unstamped: 0,
+    }));
+    let per_thread = args.connect_concurrency.div_ceil(args.threads).max(1);
+    let gate = Rc::new(Semaphore::new(per_thread));
+    let ready = Rc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::with_capacity(n);
+    for (slot, &i) in mine.iter().enumerate() {
+        let topic_ix = i % args.topics;
+        let (common, topics, ctl, shared, gate, ready) = (
+            common.clone(),
+            topics.clone(),
+            ctl.clone(),
+            shared.clone(),
+            gate.clone(),
+            ready.clone(),
+        );
+        tasks.push(tokio::task::spawn_local(async move {
+            subscriber(common, i, slot, &topics[topic_ix], ctl, shared, gate, ready).await
+        }));
+    }
+
+    // Setup: report once every subscriber of this thread is live.
+    while shared.borrow().ready < n {
+        ready.notified().await;
+    }
+    let _ = ctl.notes.send(Note::SubsReady);
+
+    // Drain: report once every subscriber has every published seq.
+    let mut phase = ctl.phase.clone();
+    let _ = phase
+        .wait_for(|p| matches!(p, Phase::Drain | Phase::Stop))
+        .await;
+    let tick = Duration::from_millis(2);
+    loop {
+        if ctl.stopping() {
+            break;
+        }
+        let done = {
+            let mut sh = shared.borrow_mut();
+            let sh = &mut *sh;
+            let mut all = true;
+            for (slot, &i) in mine.iter().enumerate() {
+                if sh.complete[slot] {
+                    continue;
+                }
+                let want = ctl.expected[i % args.topics].load(Ordering::Acquire);
+                let t = &sh.trackers[slot];
+                if t.complete(want) {
+                    sh.complete[slot] = true;
+                } else {
+                    all = false;
+                }
+            }
+            all
+        };
+        if done {
+            let _ = ctl.notes.send(Note::Drained);
+            break;
+        }
+        tokio::time::sleep(tick).await;
+    }
+
+    // Stop: wait for the tasks to close their connections, then report.
+    let _ = phase.wait_for(|p| *p == Phase::Stop).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sh = shared.borrow();
+    let per_sub = mine
+        .iter()
+        .enumerate()
+        .map(|(slot, &i)| {
+            sh.trackers[slot].counts(ctl.expected[i % args.topics].load(Ordering::Acquire))
+        })
+        .collect();
+    if sh.unstamped > 0 {
+        common.progress(format!(
+            "warning: {} messages without a send stamp (not from this run's publishers?)",
+            sh.unstamped
+        ));
+    }
+    let _ = ctl.notes.send(Note::SubResult(Box::new(SubResult {
+        per_sub,
+        latency: sh.latency.clone(),
+        wrong_topic: sh.wrong_topic,
+    })));
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subscriber(
+    common: Common,
+    i: usize,
+    slot: usize,
+    topic: &str,
+    ctl: Ctl,
+    shared: Rc<RefCell<SubShared>>,
+    gate: Rc<Semaphore>,
+    ready: Rc<tokio::sync::Notify>,
+) {
+    let who = format!("subscriber {i} (topic {topic})");
+    let permit = gate.acquire().await.expect("semaphore open");
+    let mut conn = match common.connect(i, 16 * 1024).await {
+        Ok(c) => c,
+        Err(e) => return ctl.fatal(format!("{who}: {e}")),
+    };
+    if let Err(e) = conn.subscribe(topic).await {
+        return ctl.fatal(format!("{who}: {e}"));
+    }
+    loop {
+        let msg = match conn.recv().await {
+            Ok(m) => m,
+            Err(e) => return ctl.fatal(format!("{who}: while subscribing: {e}")),
+        };
+        match proto::parse(&msg) {
+            Ok(Incoming::Subscribed { topic: t }) if t == topic => break,
+            Ok(Incoming::Error { code, message }) => {
+                return ctl.fatal(format!("{who}: subscribe refused: {code}: {message}"))
+            }
+            Ok(_) => {}
+            Err(e) => return ctl.fatal(format!("{who}: {e}")),
+        }
+    }
+    drop(permit);
+    shared.borrow_mut().ready += 1;
+    ready.notify_one();
+
+    let mut phase = ctl.phase.clone();
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.recv() => {
+                let first = match r {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if !ctl.stopping() {
+                            ctl.fatal(format!("{who}: mid-run: {e}{}", slow_hint(&e)));
+                        }
+                        return;
+                    }
+                };
+                let mut sh = shared.borrow_mut();
+                if let Err(e) = on_message(&mut sh, slot, topic, &first) {
+                    return ctl.fatal(format!("{who}: {e}"));
+                }
+                // Release the read buffer's share before reading again, so
+                // it is reused instead of reallocated.
+                drop(first);
+                // Everything else that arrived with it, without re-polling.
+                for _ in 0..1024 {
+                    match SubConn::try_recv(&mut conn) {
+                        Ok(Some(m)) => {
+                            if let Err(e) = on_message(&mut sh, slot, topic, &m) {
+                                return ctl.fatal(format!("{who}: {e}"));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !ctl.stopping() {
+                                ctl.fatal(format!("{who}: mid-run: {e}{}", slow_hint(&e)));
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            r = phase.changed() => {
+                if r.is_err() || *phase.borrow() == Phase::Stop {
+                    break;
+                }
+            }
+        }
+    }
+    SubConn::close(conn).await;
+}
+
+/// What a subscriber dropped mid-run most likely means.
+fn slow_hint(e: &str) -> &'static str {
+    if e.contains("1008") || e.contains("EOF") {
+        "\n  ringcast drops a subscriber whose queue passes the broker's --outbox-size \
+         (slow-consumer policy `disconnect`; with `conflate` it sends `skipped` instead). \
+         If the load generator's own CPU is near one core, it is the slow consumer: \
+         lower --rate or --subs, or give it more cores (--threads)."
+    } else {
+        ""
+    }
+}
+
+fn on_message(sh: &mut SubShared, slot: usize, topic: &str, msg: &[u8]) -> Result<()> {
+    match proto::parse(msg)? {
+        Incoming::Message {
+            topic: t,
+            seq,
+            data,
+        } => {
+            if t != topic {
+                sh.wrong_topic += 1;
+                return Ok(());
+            }
+            match proto::stamp_of(data) {
+                Some(stamp) => sh.latency.record_ns(mono_ns().saturating_sub(stamp)),
+                None => sh.unstamped += 1,
+            }
+            sh.trackers[slot].record(seq);
+        }
+        Incoming::Skipped { from, to, .. } => sh.trackers[slot].record_skipped(from, to),
+        Incoming::Error { code, message } => {
+            return Err(format!("broker error mid-run: {code}: {message}"))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<String>>, ctl: Ctl) {
+    let mut conns = Vec::with_capacity(args.publishers);
+    for p in 0..args.publishers {
+        // Publishers use source addresses after the subscribers'.
+        match common.connect(args.subs + p, 16 * 1024).await {
+            Ok(c) => conns.push(c),
+            Err(e) => return ctl.fatal(format!("publisher {p}: {e}")),
+        }
+    }
+    let _ = ctl.notes.send(Note::PubsReady);
+    let mut phase = ctl.phase.clone();
+    let Ok(p) = phase
+        .wait_for(|p| matches!(p, Phase::Run { .. } | Phase::Stop))
+        .await
+        .map(|p| *p)
+    else {
+        return;
+    };
+    let Phase::Run { start_ns, end_ns } = p else {
+        return;
+    };
+
+    let cpu0 = thread_cpu();
+    let interval = 1e9 / args.rate;
+    let (t_count, p_count) = (topics.len() as u64, conns.len() as u64);
+    let mut sent_per_topic = vec![0u64; topics.len()];
+    let mut lag = Latency::new();
+    let mut data = Vec::with_capacity(args.payload + 32);
+    let mut due: Vec<u64> = Vec::with_capacity(1024);
+    let mut k: u64 = 0;
+    let (mut first_ns, mut last_ns) = (0, 0);
+    // Below this the thread sleeps precisely (nanosleep) instead of on the
+    // runtime's millisecond timer wheel.
+    const SPIN_WINDOW: u64 = 2_000_000;
+    loop {
+        let next = start_ns + (k as f64 * interval) as u64;
+        if next >= end_ns {
+            break;
+        }
+        let now = mono_ns();
+        if next > now + 20_000 {
+            let wait = next - now;
+            if wait > SPIN_WINDOW {
+                tokio::time::sleep(Duration::from_nanos(wait - SPIN_WINDOW / 2)).await;
+            } else {
+                std::thread::sleep(Duration::from_nanos(wait));
+            }
+            continue;
+        }
+        // Everything due now, in one batch per publisher.
+        due.clear();
+        let now = mono_ns();
+        while due.len() < 4096 {
+            let t = start_ns + (k as f64 * interval) as u64;
+            if t > now || t >= end_ns {
+                break;
+            }
+            let (topic, p) = ((k % t_count) as usize, (k % p_count) as usize);
+            data.clear();
+            proto::stamped_data(&mut data, t, args.payload);
+            conns[p].queue_publish(&topics[topic], &data);
+            sent_per_topic[topic] += 1;
+            due.push(t);
+            k += 1;
+        }
+        for (p, c) in conns.iter_mut().enumerate() {
+            if let Err(e) = PubConn::flush(c).await {
+                return ctl.fatal(format!("publisher {p}: mid-run: {e}"));
+            }
+        }
+        let written = mono_ns();
+        if first_ns == 0 {
+            first_ns = written;
+        }
+        last_ns = written;
+        for &t in &due {
+            lag.record_ns(written.saturating_sub(t));
+        }
+        if let Err(e) = check_replies(&mut conns) {
+            return ctl.fatal(e);
+        }
+        // Let the runtime poll its driver (socket readiness for replies).
+        tokio::task::yield_now().await;
+    }
+    let _ = ctl.notes.send(Note::Published(Box::new(PubResult {
+        sent_per_topic,
+        lag,
+        first_ns,
+        last_ns,
+        cpu: thread_cpu().saturating_sub(cpu0),
+    })));
+
+    // Keep reading (errors, pings) until stop.
+    while !ctl.stopping() {
+        if let Err(e) = check_replies(&mut conns) {
+            if !ctl.stopping() {
+                ctl.fatal(e);
+            }
+            return;
+        }
+        for c in conns.iter_mut() {
+            let _ = PubConn::flush(c).await;
+        }
+        tokio::select! {
+            _ = phase.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    for c in conns {
+        PubConn::close(c).await;
+    }
+}
+
+/// Reads what the broker sent the publishers: a refused publish is fatal
+/// (the run would measure something else than asked).
+fn check_replies<C: PubConn>(conns: &mut [C]) -> Result<()> {
+    for (p, c) in conns.iter_mut().enumerate() {
+        while let Some(msg) = c
+            .try_recv()
+            .map_err(|e| format!("publisher {p}: mid-run: {e}"))?
+        {
+            if let Incoming::Error { code, message } = proto::parse(&msg)? {
+                return Err(format!(
+                    "publisher {p}: broker refused a publish: {code}: {message}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_per_delivery_cost() {
+        assert_eq!(rate(1001, 1.0), 1000.0);
+        assert_eq!(rate(1, 0.0), 1.0);
+        assert_eq!(per_delivery_us(2.0, 1_000_000), 2.0);
+        assert_eq!(per_delivery_us(2.0, 0), 0.0);
+    }
+
+    #[test]
+    fn flags_are_bounded() {
+        let ok = FanoutArgs {
+            subs: 10,
+            topics: 2,
+            publishers: 1,
+            rate: 100.0,
+            duration: Duration::from_secs(1),
+            payload: 64,
+            drain: Duration::from_secs(1),
+            threads: 1,
+            connect_concurrency: 8,
+            topic_prefix: None,
+            require_perfect: false,
+        };
+        ok.validate().unwrap();
+        let bad = FanoutArgs {
+            rate: 0.0,
+            ..ok.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("--rate"));
+        let bad = FanoutArgs { subs: 0, ..ok };
+        assert!(bad.validate().unwrap_err().contains("--subs"));
+    }
+}
