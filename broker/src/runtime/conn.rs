@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::pubsub::Sub;
 use super::shard::Shard;
@@ -289,7 +289,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 }
 
 fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
-    debug!(shard = shard.id, error = %e, "request rejected");
+    warn!(shard = shard.id, error = %e, "request rejected");
     shard.metrics().http_error(e);
     let _ = conn.outbox.try_push(e.to_response());
     conn.finish(Instant::now() + shard.config.close_timeout);
@@ -701,7 +701,9 @@ async fn websocket(
                 }
                 (Ok(Some(_)), _) => {}
                 (Ok(None), _) => break,
-                (Err(e), _) => debug!(shard = shard.id, error = %e, "websocket failed"),
+                (Err(e), _) => {
+                    warn!(shard = shard.id, error = %e, close = e.close_code().0, "websocket failed")
+                }
             }
             if closed {
                 conn.finish(Instant::now() + shard.config.close_timeout);

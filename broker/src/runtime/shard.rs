@@ -71,9 +71,11 @@ impl Shard {
         if left == 0 {
             let m = self.metrics();
             m.connection(conn.kind.get()).dec();
-            if let Some(code) = conn.ws.borrow().as_ref().and_then(|ws| ws.close_sent()) {
+            let close = conn.ws.borrow().as_ref().and_then(|ws| ws.close_sent());
+            if let Some(code) = close {
                 m.close_sent(code);
             }
+            debug!(shard = self.id, conn = key, kind = ?conn.kind.get(), close = ?close.map(|c| c.0), "closed");
             let mut conns = self.conns.borrow_mut();
             conns.remove(key);
             if conns.is_empty() {
@@ -82,7 +84,7 @@ impl Shard {
         }
     }
 
-    fn admit(self: &Rc<Self>, stream: TcpStream) {
+    fn admit(self: &Rc<Self>, stream: TcpStream, peer: std::net::SocketAddr) {
         let count = self.conns.borrow().len();
         if count >= self.config.max_connections + OVERLOAD_SLACK {
             return; // dropping the stream closes it
@@ -97,6 +99,7 @@ impl Shard {
             now + self.config.handshake_timeout,
         ));
         let key = self.conns.borrow_mut().insert(conn.clone());
+        debug!(shard = self.id, conn = key, %peer, "accepted");
         let writer = {
             let shard = self.clone();
             let conn = conn.clone();
@@ -225,7 +228,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             break;
         }
         match res {
-            Ok((stream, _peer)) => shard.admit(stream),
+            Ok((stream, peer)) => shard.admit(stream, peer),
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
                 warn!(shard = shard.id, error = %e, "accept failed");
