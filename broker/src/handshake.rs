@@ -13,7 +13,7 @@ use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
 use crate::error::HttpError;
-use crate::http::{response, Request};
+use crate::http::Request;
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -149,18 +149,6 @@ pub fn accept(req: &Request, policy: &dyn HandshakePolicy) -> Result<Accepted, H
         accept: accept_key(key),
         protocol,
     })
-}
-
-/// A plain-text `200` (or other) response that keeps nothing open.
-pub fn plain_response(status: u16, body: &str) -> Bytes {
-    response(
-        status,
-        &[
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Connection", "close"),
-        ],
-        body.as_bytes(),
-    )
 }
 
 /// Client role: the request we sent and what the server must answer.

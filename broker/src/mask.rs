@@ -10,7 +10,7 @@
 //! payload. Payloads arrive in pieces, and the key phase must continue where
 //! the previous piece stopped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Rotates `key` so that index 0 is the key byte for payload position `offset`.
 #[inline]
@@ -118,30 +118,26 @@ pub fn apply_mask_avx2(buf: &mut [u8], key: [u8; 4], offset: usize) {
 
 type MaskFn = fn(&mut [u8], [u8; 4], usize);
 
-/// The implementation chosen on first use (0 = not chosen yet).
-static CHOSEN: AtomicUsize = AtomicUsize::new(0);
-
-fn choose() -> MaskFn {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return |b, k, o| unsafe { x86::apply_mask_avx2(b, k, o) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    return apply_mask_sse2;
-    #[allow(unreachable_code)]
-    apply_mask_portable
+/// The fastest implementation this CPU supports, with its name; detected
+/// once.
+fn chosen() -> &'static (&'static str, MaskFn) {
+    static CHOSEN: OnceLock<(&'static str, MaskFn)> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY (in the closure): AVX2 support was just detected.
+            return ("avx2", |b, k, o| unsafe { x86::apply_mask_avx2(b, k, o) });
+        }
+        #[cfg(target_arch = "x86_64")]
+        return ("sse2", apply_mask_sse2);
+        #[allow(unreachable_code)]
+        ("portable", apply_mask_portable)
+    })
 }
 
 /// The name of the implementation [`apply_mask`] dispatches to on this CPU.
 pub fn implementation() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return "avx2";
-    }
-    #[cfg(target_arch = "x86_64")]
-    return "sse2";
-    #[allow(unreachable_code)]
-    "portable"
+    chosen().0
 }
 
 /// Applies (or removes: XOR is its own inverse) the mask, using the fastest
@@ -151,14 +147,7 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if buf.len() < 16 {
         return apply_mask_scalar(buf, key, offset);
     }
-    let mut f = CHOSEN.load(Ordering::Relaxed);
-    if f == 0 {
-        f = choose() as usize;
-        CHOSEN.store(f, Ordering::Relaxed);
-    }
-    // SAFETY: `f` was stored from a `MaskFn` above and is never anything else.
-    let f: MaskFn = unsafe { std::mem::transmute::<usize, MaskFn>(f) };
-    f(buf, key, offset)
+    (chosen().1)(buf, key, offset)
 }
 
 #[cfg(test)]

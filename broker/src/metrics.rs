@@ -362,7 +362,15 @@ mod tests {
     }
 
     #[test]
-    fn blocks_do_not_share_cache_lines() {
-        assert!(std::mem::align_of::<ShardMetrics>() >= 128);
+    fn neighbouring_blocks_do_not_share_cache_lines() {
+        let shards: Vec<ShardMetrics> = (0..3).map(|_| ShardMetrics::default()).collect();
+        for pair in shards.windows(2) {
+            let last_byte_of_first =
+                &pair[0] as *const ShardMetrics as usize + std::mem::size_of::<ShardMetrics>() - 1;
+            let start_of_second = &pair[1] as *const ShardMetrics as usize;
+            // The last byte one shard writes and the first the next writes
+            // are on different 64-byte lines.
+            assert_ne!(last_byte_of_first / 64, start_of_second / 64);
+        }
     }
 }

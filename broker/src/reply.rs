@@ -166,46 +166,35 @@ pub fn error(code: ErrorCode, message: &str, id: &Option<Id>) -> Bytes {
     finish(out)
 }
 
-/// The JSON part of a `gap` or `skipped` notice, for HTTP transports.
-fn notice_json(frame: Bytes) -> Bytes {
-    message_json(&frame)
-}
-
-/// One Server-Sent Event for a message frame: `id: N`, `data: <message
-/// object>`. Built once per delivery per shard from the frame's JSON (a
-/// slice of the same buffer), whatever the number of SSE subscribers.
-pub fn sse_event(seq: u64, frame: &Bytes) -> Bytes {
+/// One Server-Sent Event carrying the JSON of a WebSocket frame built by
+/// this module: `<first line>\ndata: <json>\n\n`.
+fn sse(first_line: &[u8], frame: &Bytes) -> Bytes {
     let json = message_json(frame);
-    let mut out = BytesMut::with_capacity(json.len() + 40);
-    out.put_slice(b"id: ");
-    put_u64(&mut out, seq);
+    let mut out = BytesMut::with_capacity(first_line.len() + json.len() + 9);
+    out.put_slice(first_line);
     out.put_slice(b"\ndata: ");
     out.put_slice(&json);
     out.put_slice(b"\n\n");
     out.freeze()
 }
 
-/// A named SSE event (`event: gap`, `event: skipped`) carrying the JSON of
-/// the equivalent WebSocket notice.
-fn sse_named(event: &str, frame: Bytes) -> Bytes {
-    let json = notice_json(frame);
-    let mut out = BytesMut::with_capacity(json.len() + 24);
-    out.put_slice(b"event: ");
-    out.put_slice(event.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(&json);
-    out.put_slice(b"\n\n");
-    out.freeze()
+/// The SSE event for a message frame (`id: N`). Built once per delivery per
+/// shard from the frame's JSON, whatever the number of SSE subscribers.
+pub fn sse_event(seq: u64, frame: &Bytes) -> Bytes {
+    let mut id = BytesMut::with_capacity(24);
+    id.put_slice(b"id: ");
+    put_u64(&mut id, seq);
+    sse(&id, frame)
 }
 
 /// The SSE form of [`gap`].
 pub fn sse_gap(topic: &str, since: u64, first_seq: u64) -> Bytes {
-    sse_named("gap", gap(topic, since, first_seq, &None))
+    sse(b"event: gap", &gap(topic, since, first_seq, &None))
 }
 
 /// The SSE form of [`skipped`].
 pub fn sse_skipped(topic: &str, from: u64, to: u64) -> Bytes {
-    sse_named("skipped", skipped(topic, from, to))
+    sse(b"event: skipped", &skipped(topic, from, to))
 }
 
 /// An SSE comment line: keeps proxies and the browser from timing out.
@@ -215,7 +204,8 @@ pub const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
 /// object first when some were no longer retained).
 pub fn poll_body(gap_notice: Option<Bytes>, frames: &[Bytes]) -> Bytes {
     let parts: Vec<Bytes> = gap_notice
-        .map(notice_json)
+        .as_ref()
+        .map(message_json)
         .into_iter()
         .chain(frames.iter().map(message_json))
         .collect();

@@ -429,10 +429,10 @@ async fn publish(
     }
     let body = buf.split_to(len).freeze();
     if let Err(e) = topic::validate(topic) {
-        return bad_publish(shard, conn, keep, ErrorCode::BadTopic, e.message());
+        return json_error(shard, conn, keep, ErrorCode::BadTopic, e.message());
     }
     if !command::validate_data(&body) {
-        return bad_publish(
+        return json_error(
             shard,
             conn,
             keep,
@@ -445,7 +445,7 @@ async fn publish(
             let body = format!("{{\"seq\":{seq}}}");
             respond(shard, conn, keep, 200, "application/json", body.as_bytes())
         }
-        Ok(Err(code)) => bad_publish(shard, conn, keep, code, "too many topics"),
+        Ok(Err(code)) => json_error(shard, conn, keep, code, "too many topics"),
         Err(_) => respond(
             shard,
             conn,
@@ -477,7 +477,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
 /// pass (`200 []`). A held request costs a waiting task, not a thread.
 async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, keep: bool) -> Next {
     if let Err(e) = topic::validate(topic) {
-        return bad_publish(shard, conn, keep, ErrorCode::BadTopic, e.message());
+        return json_error(shard, conn, keep, ErrorCode::BadTopic, e.message());
     }
     let max = shard.config.max_poll_timeout;
     let (since, timeout_ms) = match (
@@ -489,13 +489,13 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
             t.unwrap_or(30_000.min(max.as_millis() as u64)),
         ),
         (Err(e), _) | (_, Err(e)) => {
-            return bad_publish(shard, conn, keep, ErrorCode::BadRequest, &e)
+            return json_error(shard, conn, keep, ErrorCode::BadRequest, &e)
         }
     };
     let timeout = std::time::Duration::from_millis(timeout_ms);
     if timeout > max {
         let msg = format!("timeout_ms must be at most {}", max.as_millis());
-        return bad_publish(shard, conn, keep, ErrorCode::BadRequest, &msg);
+        return json_error(shard, conn, keep, ErrorCode::BadRequest, &msg);
     }
     if timeout_ms > 0 && shard.held_polls.get() >= shard.config.max_polls {
         return respond(
@@ -514,7 +514,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     if conn.refused.take().is_some() {
         shard.pubsub.disconnect(conn);
         conn.transport.set(Transport::WebSocket);
-        return bad_publish(shard, conn, keep, ErrorCode::Limit, "too many topics");
+        return json_error(shard, conn, keep, ErrorCode::Limit, "too many topics");
     }
     if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
         shard.held_polls.set(shard.held_polls.get() + 1);
@@ -557,7 +557,7 @@ async fn sse(
     buf: &mut BytesMut,
 ) -> Next {
     if let Err(e) = topic::validate(topic) {
-        return bad_publish(shard, conn, false, ErrorCode::BadTopic, e.message());
+        return json_error(shard, conn, false, ErrorCode::BadTopic, e.message());
     }
     let last_event_id = req.header("last-event-id").map(|v| {
         std::str::from_utf8(v)
@@ -565,9 +565,9 @@ async fn sse(
             .and_then(|v| v.trim().parse::<u64>().ok())
     });
     let since = match (query_u64(req.query(), "since"), last_event_id) {
-        (Err(e), _) => return bad_publish(shard, conn, false, ErrorCode::BadRequest, &e),
+        (Err(e), _) => return json_error(shard, conn, false, ErrorCode::BadRequest, &e),
         (_, Some(None)) => {
-            return bad_publish(
+            return json_error(
                 shard,
                 conn,
                 false,
@@ -611,9 +611,10 @@ async fn sse(
     }
 }
 
-/// A refused publish: `400` (or `503` for a limit) with a JSON error body
-/// shaped like the WebSocket `error` reply. The connection is kept.
-fn bad_publish(shard: &Shard, conn: &Conn, keep: bool, code: ErrorCode, message: &str) -> Next {
+/// A refused publish, poll or SSE request: `400` (or `503` for a limit)
+/// with a JSON body shaped like the WebSocket `error` reply. The connection
+/// is kept.
+fn json_error(shard: &Shard, conn: &Conn, keep: bool, code: ErrorCode, message: &str) -> Next {
     let status = if code == ErrorCode::Limit { 503 } else { 400 };
     let frame = reply::error(code, message, &None);
     respond(
