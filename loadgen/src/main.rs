@@ -34,7 +34,7 @@ use ringcast::config::parse_duration;
 use serde::Serialize;
 
 use scenario::Common;
-use transport::{Endpoint, Transport};
+use transport::{Endpoint, PublishVia, Transport};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -49,9 +49,20 @@ struct Cli {
     /// The broker's base URL (`http://HOST:PORT`; WebSocket on `/ws`).
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     broker: String,
-    /// Transport the clients use.
+    /// Transport the subscribers use (`compare` runs each in turn).
     #[arg(long, value_enum, default_value_t = Transport::Ws, global = true)]
     transport: Transport,
+    /// How publishers publish: `publish` commands on a WebSocket, or
+    /// `POST /publish/{topic}` pipelined on keep-alive HTTP.
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws, global = true)]
+    publish_via: PublishVia,
+    /// Long-polling: how long the broker may hold each request (at most
+    /// the broker's --max-poll-timeout).
+    #[arg(long, value_parser = parse_duration, default_value = "25s", global = true)]
+    poll_hold: Duration,
+    /// Short polling: one request per subscriber per this interval.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms", global = true)]
+    poll_interval: Duration,
     /// Print one JSON document on stdout instead of the table.
     #[arg(long, global = true)]
     json: bool,
@@ -109,6 +120,9 @@ fn run(cli: Cli) -> Result<bool, String> {
         endpoint: Endpoint::parse(&cli.broker)?,
         broker_url: cli.broker.clone(),
         transport: cli.transport,
+        publish_via: cli.publish_via,
+        poll_hold: cli.poll_hold,
+        poll_interval: cli.poll_interval,
         source_ips: cli.source_ips,
         broker_pid: cli.broker_pid,
         connect_timeout: cli.connect_timeout,

@@ -602,7 +602,7 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
     let mut conns = Vec::with_capacity(args.publishers);
     for p in 0..args.publishers {
         // Publishers use source addresses after the subscribers'.
-        match common.connect(args.subs + p, 16 * 1024).await {
+        match common.connect_pub(args.subs + p).await {
             Ok(c) => conns.push(c),
             Err(e) => return ctl.fatal(format!("publisher {p}: {e}")),
         }

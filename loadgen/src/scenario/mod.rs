@@ -15,8 +15,9 @@ use std::net::IpAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::transport::ws::{self, WsClient};
-use crate::transport::{ConnectOpts, Endpoint, Result, Transport};
+use crate::transport::{
+    ConnectOpts, Endpoint, PubClient, PublishVia, Result, SubClient, Transport,
+};
 
 /// Options every scenario shares (the global flags).
 #[derive(Debug, Clone)]
@@ -24,6 +25,11 @@ pub struct Common {
     pub endpoint: Endpoint,
     pub broker_url: String,
     pub transport: Transport,
+    pub publish_via: PublishVia,
+    /// Long-polling: how long the broker may hold a request.
+    pub poll_hold: Duration,
+    /// Short polling: one request per this interval.
+    pub poll_interval: Duration,
     /// Local addresses connections are spread over (round robin); empty:
     /// let the kernel choose.
     pub source_ips: Vec<IpAddr>,
@@ -44,19 +50,30 @@ impl Common {
             },
             timeout: self.connect_timeout,
             read_chunk,
+            poll_hold: self.poll_hold,
+            poll_interval: self.poll_interval,
         }
     }
 
-    /// Opens connection number `i` to the pub/sub endpoint. Scenarios use
-    /// the result only through [`crate::transport::SubConn`] and
-    /// [`crate::transport::PubConn`]; with a second transport this returns
-    /// an enum over the transports that implements both by delegation.
-    pub async fn connect(&self, i: usize, read_chunk: usize) -> Result<WsClient> {
-        match self.transport {
-            Transport::Ws => {
-                WsClient::connect(&self.endpoint, ws::PATH, &self.connect_opts(i, read_chunk)).await
-            }
-        }
+    /// Opens subscriber connection number `i` over `--transport`.
+    /// Scenarios use it only through [`crate::transport::SubConn`].
+    pub async fn connect(&self, i: usize, read_chunk: usize) -> Result<SubClient> {
+        SubClient::connect(
+            self.transport,
+            &self.endpoint,
+            &self.connect_opts(i, read_chunk),
+        )
+        .await
+    }
+
+    /// Opens publisher connection number `i` over `--publish-via`.
+    pub async fn connect_pub(&self, i: usize) -> Result<PubClient> {
+        PubClient::connect(
+            self.publish_via,
+            &self.endpoint,
+            &self.connect_opts(i, 16 * 1024),
+        )
+        .await
     }
 
     /// Progress line on stderr (stdout is for the report).

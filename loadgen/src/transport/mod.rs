@@ -1,36 +1,102 @@
 //! How a client reaches the broker. Scenarios are written against the two
-//! traits here, [`SubConn`] and [`PubConn`], and never see a socket or a
-//! frame: a transport turns `subscribe`/`publish` into its wire form and
-//! hands back the broker's JSON objects (`message`, `subscribed`, …, the
-//! shapes of `shared/protocol.md`), which [`crate::proto`] parses.
+//! traits here, [`SubConn`] and [`PubConn`], and never see a socket, a
+//! frame or an HTTP head: a transport turns `subscribe`/`publish` into its
+//! wire form and hands back the broker's JSON objects (`message`,
+//! `subscribed`, …, the shapes of `shared/protocol.md`), which
+//! [`crate::proto`] parses.
 //!
-//! WebSocket ([`ws`]) is the first implementation. The HTTP baselines slot
-//! in beside it: long-polling and short polling turn `recv` into `GET
-//! /poll/{topic}?since=N` requests and yield the array's elements one by
-//! one, SSE yields each event's `data`, and their publishers use `POST
-//! /publish/{topic}`.
+//! - [`ws`]: RFC 6455 on `GET /ws`, the broker's protocol library in
+//!   client role.
+//! - [`poll`]: long-polling and short polling, `GET /poll/{topic}?since=N`
+//!   in a loop, the array's elements yielded one by one.
+//! - [`sse`]: `GET /sse/{topic}`, each event's `data` yielded.
+//! - [`http`]: `POST /publish/{topic}` for publishers that do not use
+//!   WebSocket, and the response parsing the HTTP transports share.
+//!
+//! Every transport moves its bytes through one [`stream::Stream`], which
+//! counts them: wire bytes in both directions, HTTP heads and frame
+//! headers included, are what the `compare` scenario reports per message.
 
+pub mod http;
+pub mod poll;
+pub mod sse;
+pub mod stream;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::Serialize;
 
 pub type Result<T> = std::result::Result<T, String>;
 
-/// The transports a scenario can run over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The transports a subscriber can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// RFC 6455 WebSocket on `GET /ws`.
     Ws,
+    /// `GET /poll/{topic}?since=N&timeout_ms=T`, held until a message
+    /// arrives, re-issued at once.
+    LongPoll,
+    /// `GET /poll/{topic}?since=N&timeout_ms=0` every `--poll-interval`.
+    ShortPoll,
+    /// Server-Sent Events on `GET /sse/{topic}`.
+    Sse,
 }
 
 impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Ws,
+        Transport::LongPoll,
+        Transport::ShortPoll,
+        Transport::Sse,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
+            Transport::LongPoll => "long-poll",
+            Transport::ShortPoll => "short-poll",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// How publishers reach the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishVia {
+    /// `publish` commands on a WebSocket.
+    Ws,
+    /// `POST /publish/{topic}`, pipelined on a keep-alive connection.
+    Http,
+}
+
+/// Bytes a connection moved, and the HTTP requests it made. `up` is client
+/// → broker, `down` broker → client; both count everything on the TCP
+/// stream (HTTP heads, frame headers, heartbeats, pings and pongs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Wire {
+    pub up: u64,
+    pub down: u64,
+    pub requests: u64,
+}
+
+impl Wire {
+    pub fn add(&mut self, o: &Wire) {
+        self.up += o.up;
+        self.down += o.down;
+        self.requests += o.requests;
+    }
+
+    /// What moved since `earlier` (a snapshot of the same connection).
+    pub fn since(&self, earlier: &Wire) -> Wire {
+        Wire {
+            up: self.up.saturating_sub(earlier.up),
+            down: self.down.saturating_sub(earlier.down),
+            requests: self.requests.saturating_sub(earlier.requests),
         }
     }
 }
@@ -81,6 +147,10 @@ pub struct ConnectOpts {
     /// Bytes reserved per socket read. Small for many idle connections,
     /// larger for subscribers that receive a lot.
     pub read_chunk: usize,
+    /// Long-polling: how long the broker may hold each request.
+    pub poll_hold: Duration,
+    /// Short polling: time between the starts of two requests.
+    pub poll_interval: Duration,
 }
 
 /// A subscriber's connection.
@@ -98,6 +168,9 @@ pub trait SubConn {
     /// The next object if it is already here, without waiting (lets a
     /// subscriber handle a whole read's worth of messages in one go).
     fn try_recv(&mut self) -> Result<Option<Bytes>>;
+
+    /// What this connection has moved so far.
+    fn wire(&self) -> Wire;
 
     /// Best-effort polite close; errors are ignored.
     async fn close(self);
@@ -117,5 +190,109 @@ pub trait PubConn {
     /// how a publisher notices `error` replies and a closed connection.
     fn try_recv(&mut self) -> Result<Option<Bytes>>;
 
+    fn wire(&self) -> Wire;
+
     async fn close(self);
+}
+
+/// A subscriber over any transport: the scenarios hold this and use it
+/// through [`SubConn`].
+pub enum SubClient {
+    Ws(ws::WsClient),
+    Poll(poll::PollClient),
+    Sse(sse::SseClient),
+}
+
+impl SubClient {
+    pub async fn connect(t: Transport, ep: &Endpoint, opts: &ConnectOpts) -> Result<SubClient> {
+        Ok(match t {
+            Transport::Ws => SubClient::Ws(ws::WsClient::connect(ep, ws::PATH, opts).await?),
+            Transport::LongPoll => SubClient::Poll(
+                poll::PollClient::connect(ep, opts, poll::Mode::Long(opts.poll_hold)).await?,
+            ),
+            Transport::ShortPoll => SubClient::Poll(
+                poll::PollClient::connect(ep, opts, poll::Mode::Short(opts.poll_interval)).await?,
+            ),
+            Transport::Sse => SubClient::Sse(sse::SseClient::connect(ep, opts).await?),
+        })
+    }
+}
+
+/// Forwards a method call to whichever transport `$self` holds.
+macro_rules! delegate {
+    ($self:ident, $c:ident => $call:expr) => {
+        match $self {
+            SubClient::Ws($c) => $call,
+            SubClient::Poll($c) => $call,
+            SubClient::Sse($c) => $call,
+        }
+    };
+}
+
+impl SubConn for SubClient {
+    async fn subscribe(&mut self, topic: &str) -> Result<()> {
+        delegate!(self, c => c.subscribe(topic).await)
+    }
+
+    async fn recv(&mut self) -> Result<Bytes> {
+        delegate!(self, c => c.recv().await)
+    }
+
+    fn try_recv(&mut self) -> Result<Option<Bytes>> {
+        delegate!(self, c => SubConn::try_recv(c))
+    }
+
+    fn wire(&self) -> Wire {
+        delegate!(self, c => SubConn::wire(c))
+    }
+
+    async fn close(self) {
+        delegate!(self, c => SubConn::close(c).await)
+    }
+}
+
+/// A publisher over either publish path.
+pub enum PubClient {
+    Ws(ws::WsClient),
+    Http(http::HttpPublisher),
+}
+
+impl PubClient {
+    pub async fn connect(via: PublishVia, ep: &Endpoint, opts: &ConnectOpts) -> Result<PubClient> {
+        Ok(match via {
+            PublishVia::Ws => PubClient::Ws(ws::WsClient::connect(ep, ws::PATH, opts).await?),
+            PublishVia::Http => PubClient::Http(http::HttpPublisher::connect(ep, opts).await?),
+        })
+    }
+}
+
+macro_rules! delegate_pub {
+    ($self:ident, $c:ident => $call:expr) => {
+        match $self {
+            PubClient::Ws($c) => $call,
+            PubClient::Http($c) => $call,
+        }
+    };
+}
+
+impl PubConn for PubClient {
+    fn queue_publish(&mut self, topic: &str, data: &[u8]) {
+        delegate_pub!(self, c => c.queue_publish(topic, data))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        delegate_pub!(self, c => PubConn::flush(c).await)
+    }
+
+    fn try_recv(&mut self) -> Result<Option<Bytes>> {
+        delegate_pub!(self, c => PubConn::try_recv(c))
+    }
+
+    fn wire(&self) -> Wire {
+        delegate_pub!(self, c => PubConn::wire(c))
+    }
+
+    async fn close(self) {
+        delegate_pub!(self, c => PubConn::close(c).await)
+    }
 }
