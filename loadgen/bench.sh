@@ -124,6 +124,8 @@ rows, conns = [], []
 for f in sorted(glob.glob(os.path.join(out, "*.json")), key=lambda p: (os.path.basename(p)[0], int(p.rsplit("-", 1)[1].split(".")[0]))):
     name = os.path.basename(f)[:-5]
     r = json.load(open(f))
+    if "transports" in r:  # fanout: one entry per transport
+        r = r["transports"][0]
     if "error" in r:
         rows.append(f"| {name} | failed: {r['error'].replace('|', '/')[:160]} ||||||||||")
         continue

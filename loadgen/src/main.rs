@@ -18,6 +18,7 @@
 //! (histograms, seq accounting), `sys.rs` (/proc, rusage, rlimit),
 //! `report.rs` (JSON and the human table).
 
+mod plot;
 mod proto;
 mod report;
 mod scenario;
@@ -33,6 +34,7 @@ use clap::{Parser, Subcommand};
 use ringcast::config::parse_duration;
 use serde::Serialize;
 
+use report::compare::RunReport;
 use scenario::Common;
 use transport::{Endpoint, PublishVia, Transport};
 
@@ -63,9 +65,18 @@ struct Cli {
     /// Short polling: one request per subscriber per this interval.
     #[arg(long, value_parser = parse_duration, default_value = "100ms", global = true)]
     poll_interval: Duration,
-    /// Print one JSON document on stdout instead of the table.
-    #[arg(long, global = true)]
+    /// Print one JSON document on stdout instead of the table (`fanout`
+    /// and `compare`: one entry per transport under `transports`).
+    #[arg(long, global = true, conflicts_with = "csv")]
     json: bool,
+    /// `fanout` and `compare`: print CSV (a header, one row per transport)
+    /// instead of the table.
+    #[arg(long, global = true)]
+    csv: bool,
+    /// `fanout` and `compare`: also write an SVG with latency percentile
+    /// curves and bytes and CPU per delivered message, per transport.
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
     /// The broker's process id: report its CPU (from /proc/PID/stat) and
     /// resident memory (/proc/PID/status) over the measured window.
     #[arg(long, global = true)]
@@ -89,6 +100,9 @@ enum Scenario {
     /// Pub/sub fan-out: subscribers over topics, open-loop publishers;
     /// delivery, loss and latency.
     Fanout(scenario::fanout::FanoutArgs),
+    /// The same fan-out over each transport in turn (WebSocket,
+    /// long-polling, short polling, SSE); one table.
+    Compare(scenario::compare::CompareArgs),
     /// Many idle subscribed connections: handshake rate, broker memory
     /// per connection.
     Conns(scenario::conns::ConnsArgs),
@@ -129,12 +143,34 @@ fn run(cli: Cli) -> Result<bool, String> {
         setup_timeout: cli.setup_timeout,
         json: cli.json,
     };
+    if (cli.csv || cli.plot.is_some())
+        && !matches!(cli.scenario, Scenario::Fanout(_) | Scenario::Compare(_))
+    {
+        return Err("--csv and --plot apply to `fanout` and `compare` only".into());
+    }
     sys::raise_nofile();
+    let out = Output {
+        json: cli.json,
+        csv: cli.csv,
+        plot: cli.plot,
+    };
     match cli.scenario {
         Scenario::Fanout(a) => {
             let r = scenario::fanout::run(&common, &a)?;
-            emit(common.json, &r);
+            let r = RunReport {
+                scenario: "fanout",
+                transports: vec![r],
+            };
+            out.emit(&r)?;
             Ok(r.perfect() || !a.require_perfect)
+        }
+        Scenario::Compare(a) => {
+            let r = RunReport {
+                scenario: "compare",
+                transports: scenario::compare::run(&common, &a)?,
+            };
+            out.emit(&r)?;
+            Ok(r.perfect() || !a.fanout.require_perfect)
         }
         Scenario::Conns(a) => {
             let r = scenario::conns::run(&common, &a)?;
@@ -146,6 +182,28 @@ fn run(cli: Cli) -> Result<bool, String> {
             emit(common.json, &r);
             Ok(true)
         }
+    }
+}
+
+/// Where a fan-out report goes.
+struct Output {
+    json: bool,
+    csv: bool,
+    plot: Option<std::path::PathBuf>,
+}
+
+impl Output {
+    fn emit(&self, r: &RunReport) -> Result<(), String> {
+        if let Some(path) = &self.plot {
+            plot::write_svg(path, r)?;
+            eprintln!("ringcast-loadgen: plot written to {}", path.display());
+        }
+        if self.csv {
+            print!("{}", r.csv());
+        } else {
+            emit(self.json, r);
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,24 @@ impl Latency {
             .expect("same bounds, cannot overflow");
     }
 
+    /// The percentile curve, `(percentile, µs)` points spaced evenly in
+    /// "nines" (50, 68, 80, 90, … 99.99 %) and ending at the maximum: what
+    /// the `--plot` latency chart draws. Empty without samples.
+    pub fn curve(&self) -> Vec<(f64, f64)> {
+        if self.hist.is_empty() {
+            return Vec::new();
+        }
+        // 1 - q = 10^(-k/10) for k = 3..=40: from 50 % to 99.99 %.
+        let mut out: Vec<(f64, f64)> = (3..=40)
+            .map(|k| {
+                let q = 1.0 - 10f64.powf(-(k as f64) / 10.0);
+                (q * 100.0, self.hist.value_at_quantile(q) as f64 / 1_000.0)
+            })
+            .collect();
+        out.push((100.0, self.hist.max() as f64 / 1_000.0));
+        out
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let us = |ns: u64| ns as f64 / 1_000.0;
         if self.hist.is_empty() {
@@ -315,6 +333,22 @@ mod tests {
         assert!(close(s.max_us, 10_000.0), "{s:?}");
         assert!(close(s.min_us, 1.0), "{s:?}");
         assert!(close(s.mean_us, 5_000.5), "{s:?}");
+    }
+
+    #[test]
+    fn percentile_curve_rises_to_the_maximum() {
+        let mut l = Latency::new();
+        assert!(l.curve().is_empty());
+        for us in 1..=10_000u64 {
+            l.record_ns(us * 1_000);
+        }
+        let c = l.curve();
+        assert!((c[0].0 - 49.88).abs() < 0.01, "{:?}", c[0]);
+        assert!((c[0].1 - 4_990.0).abs() < 20.0, "{:?}", c[0]);
+        assert!(c.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let last = c.last().unwrap();
+        assert_eq!(last.0, 100.0);
+        assert!((last.1 - 10_000.0).abs() < 10.0, "{last:?}");
     }
 
     #[test]

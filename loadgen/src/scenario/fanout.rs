@@ -26,15 +26,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use ringcast::config::parse_duration;
 use tokio::sync::{watch, Semaphore};
 
 use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
 use crate::proto::{self, Incoming};
-use crate::report::{FanoutReport, LoadgenUsage};
+use crate::report::{FanoutReport, LoadgenUsage, WireReport};
 use crate::stats::{Latency, SeqCounts, SeqTracker};
 use crate::sys::{self, mono_ns, BrokerUsage, HostSample, HostUsage, ProcSample};
-use crate::transport::{PubConn, Result, SubConn};
+use crate::transport::{PubClient, PubConn, Result, SubConn, Transport, Wire};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
@@ -127,6 +128,8 @@ enum Note {
 
 struct PubResult {
     sent_per_topic: Vec<u64>,
+    /// What the publisher connections moved while publishing.
+    wire: Wire,
     lag: Latency,
     first_ns: u64,
     last_ns: u64,
@@ -137,6 +140,7 @@ struct SubResult {
     per_sub: Vec<SeqCounts>,
     latency: Latency,
     wrong_topic: u64,
+    wire: Wire,
 }
 
 /// State shared by the subscriber tasks of one thread.
@@ -147,6 +151,8 @@ struct SubShared {
     ready: usize,
     wrong_topic: u64,
     unstamped: u64,
+    /// Bytes and requests after each subscriber's `subscribed`.
+    wire: Wire,
 }
 
 /// What the main thread needs to drive everybody.
@@ -239,13 +245,24 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let end_ns = start_ns + args.duration.as_nanos() as u64;
     phase_tx.send_replace(Phase::Run { start_ns, end_ns });
     let deadline = Instant::now() + args.duration + Duration::from_secs(30);
+    let bar = progress_bar(common, args);
     let published = loop {
-        match recv_until(&notes, deadline, "for the publishers to finish")? {
-            Note::Published(p) => break p,
-            Note::Fatal(e) => return Err(e),
-            _ => {}
+        let tick = (Instant::now() + Duration::from_millis(100)).min(deadline);
+        match recv_until(&notes, tick, "") {
+            Ok(Note::Published(p)) => break p,
+            Ok(Note::Fatal(e)) => {
+                bar.abandon();
+                return Err(e);
+            }
+            Ok(_) => {}
+            Err(_) if Instant::now() >= deadline => {
+                bar.abandon();
+                return Err("timed out waiting for the publishers to finish".into());
+            }
+            Err(_) => bar.set_position(wall_start.elapsed().as_millis() as u64),
         }
     };
+    bar.finish_and_clear();
     for (slot, &n) in ctl.expected.iter().zip(&published.sent_per_topic) {
         slot.store(n, Ordering::Release);
     }
@@ -291,6 +308,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let mut latency = Latency::new();
     let mut per_sub = Vec::with_capacity(args.subs);
     let mut wrong_topic = 0;
+    let mut sub_wire = Wire::default();
     let mut results = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while results < args.threads {
@@ -300,6 +318,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
                 latency.merge(&r.latency);
                 per_sub.extend(r.per_sub);
                 wrong_topic += r.wrong_topic;
+                sub_wire.add(&r.wire);
             }
             Note::Fatal(e) => return Err(e),
             _ => {}
@@ -318,6 +337,11 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     proto::stamped_data(&mut data, start_ns, args.payload);
     Ok(FanoutReport {
         transport: common.transport,
+        publish_via: common.publish_via,
+        poll_hold_ms: (common.transport == Transport::LongPoll)
+            .then_some(common.poll_hold.as_millis() as u64),
+        poll_interval_ms: (common.transport == Transport::ShortPoll)
+            .then_some(common.poll_interval.as_millis() as u64),
         broker_url: common.broker_url.clone(),
         subs: args.subs,
         topics: args.topics,
@@ -337,12 +361,15 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         wrong_topic,
         deliveries_per_s: totals.delivered as f64 / args.duration.as_secs_f64(),
         latency: latency.summary(),
+        latency_curve: latency.curve(),
+        wire: WireReport::new(sub_wire, published.wire, totals.delivered, sent),
         drain_s: drain.as_secs_f64(),
         drain_complete,
         window_s: wall.as_secs_f64(),
         broker,
         broker_cpu_us_per_delivery: broker
             .map(|b| per_delivery_us(b.cpu_seconds, totals.delivered)),
+        loadgen_cpu_us_per_delivery: per_delivery_us(cpu.as_secs_f64(), totals.delivered),
         loadgen: LoadgenUsage {
             cpu_seconds: cpu.as_secs_f64(),
             cpu_utilization: loadgen_util,
@@ -350,6 +377,20 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         },
         host,
     })
+}
+
+/// A bar over the publishing window on stderr; invisible when stderr is
+/// not a terminal (CI logs, `2>file`).
+fn progress_bar(common: &Common, args: &FanoutArgs) -> ProgressBar {
+    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {elapsed_precise} / {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(common.transport.name());
+    bar.set_message(format!("{:.0?} at {} msg/s", args.duration, args.rate));
+    bar
 }
 
 /// The rate of `n` messages whose first and last were `secs` apart (n
@@ -386,6 +427,7 @@ async fn subscriber_thread(
         ready: 0,
         wrong_topic: 0,
         unstamped: 0,
+        wire: Wire::default(),
     }));
     let per_thread = args.connect_concurrency.div_ceil(args.threads).max(1);
     let gate = Rc::new(Semaphore::new(per_thread));
@@ -470,6 +512,7 @@ async fn subscriber_thread(
         per_sub,
         latency: sh.latency.clone(),
         wrong_topic: sh.wrong_topic,
+        wire: sh.wire,
     })));
 }
 
@@ -510,6 +553,8 @@ async fn subscriber(
     drop(permit);
     shared.borrow_mut().ready += 1;
     ready.notify_one();
+    // Setup (connect, upgrade, subscribe) is not what a message costs.
+    let base = conn.wire();
 
     let mut phase = ctl.phase.clone();
     loop {
@@ -557,6 +602,7 @@ async fn subscriber(
             }
         }
     }
+    shared.borrow_mut().wire.add(&conn.wire().since(&base));
     SubConn::close(conn).await;
 }
 
@@ -621,6 +667,7 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
     };
 
     let cpu0 = thread_cpu();
+    let wire0: Vec<Wire> = conns.iter().map(PubConn::wire).collect();
     let interval = 1e9 / args.rate;
     let (t_count, p_count) = (topics.len() as u64, conns.len() as u64);
     let mut sent_per_topic = vec![0u64; topics.len()];
@@ -682,8 +729,21 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
         // Let the runtime poll its driver (socket readiness for replies).
         tokio::task::yield_now().await;
     }
+    // Answers to the last batch (HTTP publishing) count too.
+    let settle = mono_ns() + 200_000_000;
+    while mono_ns() < settle && pending_answers(&conns) {
+        if let Err(e) = check_replies(&mut conns) {
+            return ctl.fatal(e);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut wire = Wire::default();
+    for (c, w0) in conns.iter().zip(&wire0) {
+        wire.add(&c.wire().since(w0));
+    }
     let _ = ctl.notes.send(Note::Published(Box::new(PubResult {
         sent_per_topic,
+        wire,
         lag,
         first_ns,
         last_ns,
@@ -727,6 +787,14 @@ fn check_replies<C: PubConn>(conns: &mut [C]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether an HTTP publisher still waits for answers.
+fn pending_answers(conns: &[PubClient]) -> bool {
+    conns.iter().any(|c| match c {
+        PubClient::Http(h) => h.in_flight > 0,
+        PubClient::Ws(_) => false,
+    })
 }
 
 /// CPU time of the calling thread.

@@ -6,6 +6,7 @@
 //! plain channel of [`Note`]s for readiness, results and fatal errors; the
 //! main thread owns the timeline and the measurements around it.
 
+pub mod compare;
 pub mod conns;
 pub mod echo;
 pub mod fanout;

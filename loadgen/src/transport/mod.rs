@@ -74,6 +74,15 @@ pub enum PublishVia {
     Http,
 }
 
+impl PublishVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishVia::Ws => "ws",
+            PublishVia::Http => "http",
+        }
+    }
+}
+
 /// Bytes a connection moved, and the HTTP requests it made. `up` is client
 /// → broker, `down` broker → client; both count everything on the TCP
 /// stream (HTTP heads, frame headers, heartbeats, pings and pongs).

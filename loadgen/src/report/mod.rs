@@ -1,13 +1,15 @@
 //! Results: one serialisable struct per scenario (`--json` prints it as a
 //! single JSON document on stdout) and the human table printed otherwise.
 
+pub mod compare;
+
 use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
 use crate::stats::{LatencySummary, SeqCounts};
 use crate::sys::{BrokerUsage, HostUsage};
-use crate::transport::Transport;
+use crate::transport::{PublishVia, Transport, Wire};
 
 /// The load generator's own resource use over the measured window.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -24,9 +26,50 @@ impl LoadgenUsage {
     pub const SATURATED: f64 = 0.90;
 }
 
+/// What went over the wire during the run, per message. Subscriber bytes
+/// are counted from each subscriber's `subscribed` to the end of the drain
+/// (setup excluded); publisher bytes over the publishing window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WireReport {
+    pub subscribers: Wire,
+    pub publishers: Wire,
+    /// Broker → subscriber bytes per delivered message: the frame or
+    /// response head, the JSON envelope, the data, heartbeats.
+    pub down_bytes_per_delivery: f64,
+    /// Subscriber → broker bytes per delivered message: poll requests,
+    /// pongs.
+    pub up_bytes_per_delivery: f64,
+    /// HTTP requests per delivered message (0 for WebSocket and SSE after
+    /// setup).
+    pub requests_per_delivery: f64,
+    /// Publisher bytes per published message, both directions.
+    pub publisher_bytes_per_publish: f64,
+}
+
+impl WireReport {
+    pub fn new(subscribers: Wire, publishers: Wire, delivered: u64, published: u64) -> Self {
+        let per = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+        WireReport {
+            subscribers,
+            publishers,
+            down_bytes_per_delivery: per(subscribers.down, delivered),
+            up_bytes_per_delivery: per(subscribers.up, delivered),
+            requests_per_delivery: per(subscribers.requests, delivered),
+            publisher_bytes_per_publish: per(publishers.up + publishers.down, published),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
     pub transport: Transport,
+    pub publish_via: PublishVia,
+    /// Long-polling: how long the broker could hold each request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_hold_ms: Option<u64>,
+    /// Short polling: the interval between requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
     pub broker_url: String,
     pub subs: usize,
     pub topics: usize,
@@ -53,12 +96,16 @@ pub struct FanoutReport {
     pub deliveries_per_s: f64,
     /// Scheduled send time to delivery.
     pub latency: LatencySummary,
+    /// `(percentile, µs)` points of the same histogram, for plots.
+    pub latency_curve: Vec<(f64, f64)>,
+    pub wire: WireReport,
     pub drain_s: f64,
     pub drain_complete: bool,
     /// Run start to end of drain: the window CPU is measured over.
     pub window_s: f64,
     pub broker: Option<BrokerUsage>,
     pub broker_cpu_us_per_delivery: Option<f64>,
+    pub loadgen_cpu_us_per_delivery: f64,
     pub loadgen: LoadgenUsage,
     /// The whole host over the window (other work makes numbers noisy).
     pub host: Option<HostUsage>,
@@ -269,6 +316,17 @@ impl fmt::Display for FanoutReport {
         )?;
         latency_table(&mut o, "latency, scheduled send -> delivery", &self.latency)?;
         latency_table(&mut o, "send lag, scheduled -> written", &self.send_lag)?;
+        let w = &self.wire;
+        writeln!(
+            o,
+            "  wire             per delivery: {:.1} B down, {:.1} B up, {:.3} requests; \
+             publishing over {}: {:.1} B per message",
+            w.down_bytes_per_delivery,
+            w.up_bytes_per_delivery,
+            w.requests_per_delivery,
+            self.publish_via.name(),
+            w.publisher_bytes_per_publish
+        )?;
         if let Some(b) = &self.broker {
             broker_line(
                 &mut o,
@@ -277,6 +335,11 @@ impl fmt::Display for FanoutReport {
             )?;
         }
         loadgen_line(&mut o, &self.loadgen)?;
+        writeln!(
+            o,
+            "                   {:.3} µs of loadgen CPU per delivery",
+            self.loadgen_cpu_us_per_delivery
+        )?;
         host_line(&mut o, &self.host)?;
         write!(
             o,
@@ -349,10 +412,10 @@ impl fmt::Display for EchoReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> FanoutReport {
+    pub(crate) fn sample() -> FanoutReport {
         let lat = LatencySummary {
             count: 10,
             min_us: 10.0,
@@ -365,6 +428,9 @@ mod tests {
         };
         FanoutReport {
             transport: Transport::Ws,
+            publish_via: PublishVia::Ws,
+            poll_hold_ms: None,
+            poll_interval_ms: None,
             broker_url: "http://127.0.0.1:1".into(),
             subs: 2,
             topics: 1,
@@ -389,6 +455,21 @@ mod tests {
             wrong_topic: 0,
             deliveries_per_s: 9.0,
             latency: lat,
+            latency_curve: vec![(50.0, 18.0), (99.0, 900.0), (100.0, 2_500_000.0)],
+            wire: WireReport::new(
+                Wire {
+                    up: 0,
+                    down: 900,
+                    requests: 0,
+                },
+                Wire {
+                    up: 500,
+                    down: 0,
+                    requests: 0,
+                },
+                9,
+                5,
+            ),
             drain_s: 5.0,
             drain_complete: false,
             window_s: 6.0,
@@ -400,6 +481,7 @@ mod tests {
                 rss_after_kib: 20480,
             }),
             broker_cpu_us_per_delivery: Some(55_555.6),
+            loadgen_cpu_us_per_delivery: 633_333.3,
             loadgen: LoadgenUsage {
                 cpu_seconds: 5.7,
                 cpu_utilization: 0.95,
@@ -435,6 +517,14 @@ mod tests {
         assert!(text.contains("2.50 s"), "{text}");
         assert!(text.contains("RSS 2048 KiB -> 20.0 MiB"), "{text}");
         assert!(text.contains("0.90 by other processes (noisy"), "{text}");
+        assert!(
+            text.contains("per delivery: 100.0 B down, 0.0 B up, 0.000 requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains("publishing over ws: 100.0 B per message"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! The report of a `fanout` or `compare` run: one entry per transport, as
+//! one JSON document (`--json`), CSV rows (`--csv`), or a human table with
+//! a row per transport.
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use super::{fmt_us, FanoutReport};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// `fanout` or `compare`.
+    pub scenario: &'static str,
+    pub transports: Vec<FanoutReport>,
+}
+
+impl RunReport {
+    /// Every transport delivered every message exactly once, in order.
+    pub fn perfect(&self) -> bool {
+        self.transports.iter().all(FanoutReport::perfect)
+    }
+
+    /// A header and one row per transport. Every field is a number or a
+    /// name without commas or quotes, so no quoting is needed.
+    pub fn csv(&self) -> String {
+        let mut o = String::from(CSV_HEADER);
+        o.push('\n');
+        for r in &self.transports {
+            let t = &r.totals;
+            let l = &r.latency;
+            let w = &r.wire;
+            let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.4},{:.2},{},{},{:.4}",
+                r.transport.name(),
+                r.publish_via.name(),
+                r.subs,
+                r.topics,
+                r.rate,
+                r.payload_bytes,
+                r.duration_s,
+                r.published,
+                t.expected,
+                t.delivered,
+                t.lost,
+                t.duplicated,
+                t.out_of_order,
+                r.delivery_ratio(),
+                l.p50_us,
+                l.p90_us,
+                l.p99_us,
+                l.p999_us,
+                l.max_us,
+                w.down_bytes_per_delivery,
+                w.up_bytes_per_delivery,
+                w.requests_per_delivery,
+                w.publisher_bytes_per_publish,
+                opt(r.broker_cpu_us_per_delivery),
+                r.broker.map(|b| b.rss_after_kib.to_string()).unwrap_or_default(),
+                r.loadgen_cpu_us_per_delivery,
+            );
+        }
+        o
+    }
+}
+
+pub const CSV_HEADER: &str = "transport,publish_via,subs,topics,rate,payload_bytes,duration_s,\
+published,expected,delivered,lost,duplicated,out_of_order,delivery_ratio,\
+p50_us,p90_us,p99_us,p999_us,max_us,down_bytes_per_delivery,up_bytes_per_delivery,\
+requests_per_delivery,publisher_bytes_per_publish,broker_cpu_us_per_delivery,\
+broker_rss_after_kib,loadgen_cpu_us_per_delivery";
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [one] = &self.transports[..] {
+            if self.scenario == "fanout" {
+                return one.fmt(f);
+            }
+        }
+        let mut o = String::new();
+        if let Some(r) = self.transports.first() {
+            writeln!(
+                o,
+                "compare: {} subscribers x {} topic(s), {} msg/s for {:.1} s, data {} B, \
+                 publishing over {}",
+                r.subs,
+                r.topics,
+                r.rate,
+                r.duration_s,
+                r.payload_bytes,
+                r.publish_via.name()
+            )?;
+        }
+        writeln!(
+            o,
+            "{:<11}{:>10}{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9}{:>8}{:>8}{:>10}{:>10}",
+            "transport",
+            "delivered",
+            "lost",
+            "dup",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "B down",
+            "B up",
+            "req",
+            "broker µs",
+            "lg µs"
+        )?;
+        for r in &self.transports {
+            let (t, l, w) = (&r.totals, &r.latency, &r.wire);
+            writeln!(
+                o,
+                "{:<11}{:>9.3}%{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9.1}{:>8.1}{:>8.3}{:>10}{:>10.2}",
+                r.transport.name(),
+                r.delivery_ratio() * 100.0,
+                t.lost,
+                t.duplicated + t.out_of_order,
+                fmt_us(l.p50_us),
+                fmt_us(l.p90_us),
+                fmt_us(l.p99_us),
+                fmt_us(l.p999_us),
+                fmt_us(l.max_us),
+                w.down_bytes_per_delivery,
+                w.up_bytes_per_delivery,
+                w.requests_per_delivery,
+                r.broker_cpu_us_per_delivery
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.loadgen_cpu_us_per_delivery,
+            )?;
+        }
+        writeln!(
+            o,
+            "(latency: scheduled send -> delivery; B down/up and req: wire bytes and HTTP \
+             requests per delivered message, heads and frame headers included; µs: CPU per \
+             delivered message{})",
+            if self.transports.iter().any(|r| r.broker.is_none()) {
+                ", broker's only with --broker-pid"
+            } else {
+                ""
+            }
+        )?;
+        for r in &self.transports {
+            if !r.perfect() {
+                writeln!(
+                    o,
+                    "{}: NOT all delivered exactly once in order: lost {}, duplicated {}, \
+                     out of order {}, unexpected {}, wrong topic {}{}",
+                    r.transport.name(),
+                    r.totals.lost,
+                    r.totals.duplicated,
+                    r.totals.out_of_order,
+                    r.totals.unexpected,
+                    r.wrong_topic,
+                    if r.drain_complete {
+                        ""
+                    } else {
+                        ", drain timed out"
+                    }
+                )?;
+            }
+        }
+        write!(
+            o,
+            "verdict: {}",
+            if self.perfect() {
+                "every transport delivered 100 %, in order, no duplicates"
+            } else {
+                "NOT every transport delivered everything exactly once (see above)"
+            }
+        )?;
+        f.write_str(&o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::sample;
+    use super::*;
+    use crate::transport::Transport;
+
+    fn two() -> RunReport {
+        let mut ok = sample();
+        ok.totals.lost = 0;
+        ok.totals.delivered = 10;
+        ok.drain_complete = true;
+        let mut lp = sample();
+        lp.transport = Transport::LongPoll;
+        RunReport {
+            scenario: "compare",
+            transports: vec![ok, lp],
+        }
+    }
+
+    #[test]
+    fn one_row_per_transport_and_a_verdict_naming_the_bad_one() {
+        let r = two();
+        assert!(!r.perfect());
+        let text = r.to_string();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ws ") || l.starts_with("long-poll "))
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].contains("100.000%"), "{text}");
+        assert!(rows[1].contains("90.000%"), "{text}");
+        assert!(
+            text.contains("long-poll: NOT all delivered exactly once in order: lost 1"),
+            "{text}"
+        );
+        assert!(!text.contains("ws: NOT"), "{text}");
+        assert!(text.ends_with("(see above)"), "{text}");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_row_per_transport_with_matching_columns() {
+        let csv = two().csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let cols = lines[0].split(',').count();
+        assert_eq!(cols, 26);
+        for l in &lines[1..] {
+            assert_eq!(l.split(',').count(), cols, "{l}");
+        }
+        assert!(
+            lines[2].starts_with("long-poll,ws,2,1,5,64,"),
+            "{}",
+            lines[2]
+        );
+        let ratio: f64 = lines[2].split(',').nth(13).unwrap().parse().unwrap();
+        assert!((ratio - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn json_is_one_document_with_an_entry_per_transport() {
+        let v = serde_json::to_value(two()).unwrap();
+        assert_eq!(v["scenario"], "compare");
+        assert_eq!(v["transports"].as_array().unwrap().len(), 2);
+        assert_eq!(v["transports"][1]["transport"], "long-poll");
+        assert_eq!(v["transports"][0]["wire"]["down_bytes_per_delivery"], 100.0);
+        assert_eq!(v["transports"][0]["latency_curve"][1][0], 99.0);
+    }
+
+    #[test]
+    fn a_single_fanout_prints_the_detailed_report() {
+        let r = RunReport {
+            scenario: "fanout",
+            transports: vec![sample()],
+        };
+        assert!(r.to_string().starts_with("fanout over ws:"));
+    }
+}

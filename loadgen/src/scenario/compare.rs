@@ -1,0 +1,57 @@
+//! `compare`: the same `fanout` run over each transport in turn, against
+//! the same broker, so the table shows what the transport alone changes.
+//!
+//! Every run gets a fresh topic prefix (seqs start at 1 again) and the
+//! publishers use the same path (`--publish-via`) for every transport:
+//! only the way messages reach the subscribers differs. A transport that
+//! fails ends the comparison with an error naming it.
+
+use std::time::Duration;
+
+use ringcast::config::parse_duration;
+
+use super::fanout::{self, FanoutArgs};
+use super::Common;
+use crate::report::FanoutReport;
+use crate::transport::{Result, Transport};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Transports to run, in this order (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Transport::ALL)]
+    pub transports: Vec<Transport>,
+    /// Pause between two transports, so the broker has closed the previous
+    /// run's connections before the next one connects.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub pause: Duration,
+}
+
+pub fn run(common: &Common, args: &CompareArgs) -> Result<Vec<FanoutReport>> {
+    if args.transports.is_empty() {
+        return Err("--transports names no transport".into());
+    }
+    if args.pause > Duration::from_secs(60) {
+        return Err("--pause must be at most 1m".into());
+    }
+    let mut reports = Vec::with_capacity(args.transports.len());
+    for (i, &t) in args.transports.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(args.pause);
+        }
+        let common = Common {
+            transport: t,
+            ..common.clone()
+        };
+        common.progress(format!(
+            "compare: {} ({} of {})",
+            t.name(),
+            i + 1,
+            args.transports.len()
+        ));
+        let r = fanout::run(&common, &args.fanout).map_err(|e| format!("{}: {e}", t.name()))?;
+        reports.push(r);
+    }
+    Ok(reports)
+}
