@@ -22,33 +22,56 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// messages and the binary under test should be the one users run.
 pub fn broker_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| release_binary("ringcast", "ringcast", "RINGCAST_BIN"))
+        .clone()
+}
+
+/// Path of the release `ringcast-loadgen` binary (`RINGCAST_LOADGEN_BIN`
+/// overrides; else the one beside `RINGCAST_BIN`, else built here).
+pub fn loadgen_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("RINGCAST_BIN") {
-            return PathBuf::from(p);
+        if let Ok(broker) = std::env::var("RINGCAST_BIN") {
+            let beside = PathBuf::from(broker).with_file_name("ringcast-loadgen");
+            if std::env::var_os("RINGCAST_LOADGEN_BIN").is_none() && beside.exists() {
+                return beside;
+            }
         }
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "ringcast",
-                "--bin",
-                "ringcast",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build of ringcast failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["target"]["name"] == "ringcast")
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no ringcast executable")
+        release_binary(
+            "ringcast-loadgen",
+            "ringcast-loadgen",
+            "RINGCAST_LOADGEN_BIN",
+        )
     })
     .clone()
+}
+
+/// `$env` if set, else `cargo build --release -p package --bin bin`.
+fn release_binary(package: &str, bin: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build of {package} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
 }
 
 /// A running broker process, killed on drop.

@@ -608,11 +608,13 @@ async fn subscriber(
 
 /// What a subscriber dropped mid-run most likely means.
 fn slow_hint(e: &str) -> &'static str {
-    if e.contains("1008") || e.contains("EOF") {
-        "\n  ringcast drops a subscriber whose queue passes the broker's --outbox-size \
-         (slow-consumer policy `disconnect`; with `conflate` it sends `skipped` instead). \
-         If the load generator's own CPU is near one core, it is the slow consumer: \
-         lower --rate or --subs, or give it more cores (--threads)."
+    if e.contains("1008") {
+        "\n  Close 1008 is ringcast's slow-consumer policy: this subscriber's queue passed the \
+         broker's --outbox-size. If the load generator's own CPU is near one core, it is the \
+         slow consumer: lower --rate or --subs, or give it more cores (--threads)."
+    } else if e.contains("EOF") {
+        "\n  The broker ended the connection without a close frame: it stopped or crashed, or \
+         dropped a slow SSE or HTTP client (see the broker's log and --outbox-size)."
     } else {
         ""
     }

@@ -1,0 +1,317 @@
+//! The load generator against the real broker: a short `compare` run that
+//! must deliver every message exactly once on every transport, its output
+//! formats, and what it does when the broker is unreachable, closes, or
+//! disappears mid-run. Runs are a few seconds each and bounded.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ringcast_e2e::{loadgen_binary, Broker};
+use serde_json::Value;
+
+/// Every loadgen process in these tests ends within this long, or the
+/// test kills it and fails.
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits for `child` at most [`LIMIT`], then collects its output.
+fn finish(mut child: Child) -> Run {
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringcast-loadgen did not stop within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn spawn(broker: &str, args: &[&str]) -> Child {
+    Command::new(loadgen_binary())
+        .arg("--broker")
+        .arg(broker)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringcast-loadgen")
+}
+
+fn loadgen(broker: &Broker, args: &[&str]) -> Run {
+    finish(spawn(&format!("http://{}", broker.addr), args))
+}
+
+/// The checks every transport's entry must pass: everything published
+/// reached every subscriber once, in order, with no gap.
+fn assert_perfect(r: &Value) {
+    let name = r["transport"].as_str().unwrap();
+    let t = &r["totals"];
+    let expected = t["expected"].as_u64().unwrap();
+    assert!(expected > 0, "{name}: nothing expected: {r}");
+    assert_eq!(t["delivered"].as_u64(), Some(expected), "{name}: {t}");
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "unexpected",
+        "skipped_notified",
+    ] {
+        assert_eq!(t[k].as_u64(), Some(0), "{name}: {k} in {t}");
+    }
+    let ratio = (expected - t["lost"].as_u64().unwrap()) as f64 / expected as f64;
+    assert_eq!(ratio, 1.0, "{name}");
+    assert_eq!(r["wrong_topic"], 0, "{name}");
+    assert_eq!(r["drain_complete"], true, "{name}");
+    assert_eq!(r["subscribers_perfect"], r["subs"], "{name}");
+    assert!(
+        r["latency"]["count"].as_u64().unwrap() >= expected,
+        "{name}"
+    );
+}
+
+#[test]
+fn compare_delivers_every_message_once_on_every_transport() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let dir = std::env::temp_dir().join(format!("ringcast-lg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("compare.svg");
+    let pid = broker.pid().to_string();
+    let run = loadgen(
+        &broker,
+        &[
+            "--json",
+            "--broker-pid",
+            &pid,
+            "--poll-interval",
+            "50ms",
+            "--plot",
+            svg.to_str().unwrap(),
+            "compare",
+            "--subs",
+            "24",
+            "--topics",
+            "3",
+            "--publishers",
+            "2",
+            "--rate",
+            "150",
+            "--duration",
+            "2s",
+            "--drain",
+            "10s",
+            "--pause",
+            "200ms",
+            "--payload",
+            "100",
+            "--require-perfect",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{:?}\n{}\n{}",
+        run.status,
+        run.stderr,
+        run.stdout
+    );
+    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(doc["scenario"], "compare");
+    let runs = doc["transports"].as_array().unwrap();
+    let names: Vec<&str> = runs
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ws", "long-poll", "short-poll", "sse"]);
+    for r in runs {
+        assert_perfect(r);
+        // Each delivery costs at least the data itself on the wire.
+        let w = &r["wire"];
+        assert!(
+            w["down_bytes_per_delivery"].as_f64().unwrap() > 100.0,
+            "{w}"
+        );
+        assert!(r["broker"]["cpu_seconds"].as_f64().unwrap() > 0.0);
+    }
+    // WebSocket and SSE make no request after setup; polling makes them.
+    let req = |i: usize| runs[i]["wire"]["requests_per_delivery"].as_f64().unwrap();
+    assert_eq!(req(0), 0.0);
+    assert_eq!(req(3), 0.0);
+    assert!(req(1) > 0.0 && req(2) > 0.0, "{} {}", req(1), req(2));
+    assert_eq!(runs[2]["poll_interval_ms"], 50);
+    let svg = std::fs::read_to_string(&svg).expect("the plot was written");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for name in names {
+        assert!(svg.contains(name), "plot lacks {name}");
+    }
+}
+
+#[test]
+fn http_publishing_and_csv_output() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let run = loadgen(
+        &broker,
+        &[
+            "--csv",
+            "--publish-via",
+            "http",
+            "compare",
+            "--transports",
+            "long-poll,sse",
+            "--subs",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--pause",
+            "100ms",
+            "--require-perfect",
+        ],
+    );
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for (line, transport) in lines[1..].iter().zip(["long-poll", "sse"]) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), header.len(), "{line}");
+        assert_eq!(f[col("transport")], transport);
+        assert_eq!(f[col("publish_via")], "http");
+        assert_eq!(f[col("lost")], "0", "{line}");
+        assert_eq!(f[col("delivery_ratio")], "1.000000", "{line}");
+        let pub_bytes: f64 = f[col("publisher_bytes_per_publish")].parse().unwrap();
+        assert!(pub_bytes > 100.0, "a POST has a head: {line}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for transport in ["ws", "long-poll", "sse"] {
+        let run = finish(spawn(
+            &format!("http://127.0.0.1:{port}"),
+            &[
+                "--transport",
+                transport,
+                "fanout",
+                "--subs",
+                "2",
+                "--duration",
+                "1s",
+            ],
+        ));
+        assert_eq!(run.status.code(), Some(1), "{transport}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("broker unreachable")
+                && run.stderr.contains("is the broker running?"),
+            "{transport}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "no report on failure");
+    }
+}
+
+/// Starts a long fanout run and waits until it is publishing.
+fn start_long_run(broker: &Broker, transport: &str) -> Child {
+    let mut child = spawn(
+        &format!("http://{}", broker.addr),
+        &[
+            "--transport",
+            transport,
+            "fanout",
+            "--subs",
+            "8",
+            "--rate",
+            "200",
+            "--duration",
+            "30s",
+        ],
+    );
+    // Progress lines go to stderr; read until publishing starts.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("publishing") {
+        assert!(
+            Instant::now() < deadline,
+            "loadgen never started publishing"
+        );
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "loadgen exited early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.stderr = Some(stderr);
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+#[test]
+fn a_broker_that_disappears_mid_run_fails_the_run_with_the_reason() {
+    for transport in ["ws", "long-poll", "short-poll", "sse"] {
+        let broker = Broker::start(&["--shards", "1"]);
+        let child = start_long_run(&broker, transport);
+        broker.signal(libc::SIGKILL);
+        // The run was to publish for 30 s: status 1 and "mid-run" say it
+        // stopped because the broker went away, not because it was done.
+        let run = finish(child);
+        assert_eq!(run.status.code(), Some(1), "{transport}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("mid-run"),
+            "{transport}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{transport}: no report on failure");
+    }
+}
+
+#[test]
+fn a_broker_that_shuts_down_mid_run_fails_the_run_with_its_close_code() {
+    let mut broker = Broker::start(&["--shards", "1"]);
+    let child = start_long_run(&broker, "ws");
+    broker.signal(libc::SIGTERM);
+    let run = finish(child);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("mid-run") && run.stderr.contains("close 1001"),
+        "{}",
+        run.stderr
+    );
+    assert!(broker.wait_exit(Duration::from_secs(15)).is_some());
+}
