@@ -6,6 +6,7 @@
 #   loadgen/bench.sh                         # the documented sweep
 #   RATES="100 1000" DURATION=5s loadgen/bench.sh
 #   SCENARIOS="c" loadgen/bench.sh
+#   SCENARIOS="d" loadgen/bench.sh           # compare: ws vs long-poll vs short-poll vs sse
 #   BIN=/elsewhere/target/release NO_BUILD=1 loadgen/bench.sh   # given binaries
 #
 # Writes one JSON report per run and summary.md to ${OUT:-target/loadgen-bench}.
@@ -19,6 +20,8 @@ RATES=${RATES:-"100 500 1000 1500 2000 3000 5000"}
 RATES_B=${RATES_B:-"100 1000 5000 10000 20000 50000"}
 CONNS=${CONNS:-10000}
 SCENARIOS=${SCENARIOS:-"a b c"}
+COMPARE_PAYLOADS=${COMPARE_PAYLOADS:-"64 4096"}
+COMPARE_RATES=${COMPARE_RATES:-"100 1000"}
 BROKER_CORE=${BROKER_CORE:-0}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
 BROKER_FLAGS=${BROKER_FLAGS:-}
@@ -98,7 +101,10 @@ run() {
     :
   else
     echo "   failed: $(tail -n 1 "$OUT/$name.err" | cut -c1-200)"
-    jq -n --arg e "$(grep 'error:' "$OUT/$name.err" | head -n 1)" '{error: $e}' >"$OUT/$name.json"
+    # A compare whose some transports failed still printed its report.
+    if ! jq -e .transports "$OUT/$name.json" >/dev/null 2>&1; then
+      jq -n --arg e "$(grep 'error:' "$OUT/$name.err" | head -n 1)" '{error: $e}' >"$OUT/$name.json"
+    fi
   fi
   stop_broker
   sleep 1
@@ -113,6 +119,12 @@ for s in $SCENARIOS; do
     run "b-100topics-10subs-$r" fanout --subs 1000 --topics 100 --rate "$r" --duration "$DURATION" --payload 64
   done ;;
   c) run "c-conns-$CONNS" conns --conns "$CONNS" --topics 100 --settle 2s ;;
+  # (d) The same stream over each transport: 1 topic x 1000 subscribers,
+  # 100 and 1000 msg/s, 64 B and 4 KiB data. Plots beside the JSON.
+  d) for p in $COMPARE_PAYLOADS; do for r in $COMPARE_RATES; do
+    run "d-compare-${p}B-$r" --plot "$OUT/d-compare-${p}B-$r.svg" compare --subs 1000 --topics 1 \
+      --rate "$r" --duration "$DURATION" --payload "$p" --drain 10s --pause 2s
+  done; done ;;
   esac
 done
 
@@ -120,10 +132,20 @@ python3 - "$OUT" >"$OUT/summary.md" <<'EOF'
 import glob, json, os, sys
 out = sys.argv[1]
 def ms(us): return f"{us/1000:.2f}"
-rows, conns = [], []
+rows, conns, compare = [], [], []
 for f in sorted(glob.glob(os.path.join(out, "*.json")), key=lambda p: (os.path.basename(p)[0], int(p.rsplit("-", 1)[1].split(".")[0]))):
     name = os.path.basename(f)[:-5]
     r = json.load(open(f))
+    if r.get("scenario") == "compare":
+        for t in r["transports"]:
+            tot, l, w = t["totals"], t["latency"], t["wire"]
+            pct = 100.0 * (tot["expected"] - tot["lost"]) / max(tot["expected"], 1)
+            compare.append(f"| {t['payload_bytes']} | {t['rate']:.0f} | {t['transport']} | {pct:.3f} % | {ms(l['p50_us'])} | {ms(l['p99_us'])} | {ms(l['p999_us'])} "
+                           f"| {w['down_bytes_per_delivery']:.0f} | {w['up_bytes_per_delivery']:.1f} | {w['requests_per_delivery']:.3f} "
+                           f"| {t['broker_cpu_us_per_delivery']:.2f} | {t['broker']['cpu_utilization']*100:.0f} % | {t['loadgen_cpu_us_per_delivery']:.2f} | {(t.get('host') or {}).get('other_cores', 0):.2f} |")
+        for x in r.get("failed", []):
+            compare.append(f"| | | {x['transport']} | failed: {x['error'].splitlines()[0].replace('|', '/')[:160]} ||||||||||")
+        continue
     if "transports" in r:  # fanout: one entry per transport
         r = r["transports"][0]
     if "error" in r:
@@ -144,6 +166,11 @@ for f in sorted(glob.glob(os.path.join(out, "*.json")), key=lambda p: (os.path.b
 print("| topics×subs | rate msg/s | deliveries/s | delivered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | broker µs/delivery | broker CPU | loadgen CPU | other load (cores) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
+if compare:
+    print()
+    print("| data B | rate msg/s | transport | delivered | p50 ms | p99 ms | p99.9 ms | B down / msg | B up / msg | requests / msg | broker µs / msg | broker CPU | loadgen µs / msg | other load (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(compare))
 if conns:
     print()
     print("| idle conns | handshakes/s | handshake p50 / p99 ms | broker RSS | KiB per conn | broker CPU µs per conn | loadgen CPU |")

@@ -160,16 +160,28 @@ fn run(cli: Cli) -> Result<bool, String> {
             let r = RunReport {
                 scenario: "fanout",
                 transports: vec![r],
+                failed: Vec::new(),
             };
             out.emit(&r)?;
             Ok(r.perfect() || !a.require_perfect)
         }
         Scenario::Compare(a) => {
+            let (transports, failed) = scenario::compare::run(&common, &a)?;
             let r = RunReport {
                 scenario: "compare",
-                transports: scenario::compare::run(&common, &a)?,
+                transports,
+                failed,
             };
             out.emit(&r)?;
+            if let Some(f) = r.failed.first() {
+                return Err(format!(
+                    "{} of {} transports failed; first: {}: {}",
+                    r.failed.len(),
+                    a.transports.len(),
+                    f.transport.name(),
+                    f.error
+                ));
+            }
             Ok(r.perfect() || !a.fanout.require_perfect)
         }
         Scenario::Conns(a) => {

@@ -295,6 +295,7 @@ mod tests {
         let report = RunReport {
             scenario: "compare",
             transports: vec![sample(), lp],
+            failed: Vec::new(),
         };
         let dir = std::env::temp_dir().join(format!("ringcast-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -7,18 +7,28 @@ use std::fmt::{self, Write as _};
 use serde::Serialize;
 
 use super::{fmt_us, FanoutReport};
+use crate::transport::Transport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     /// `fanout` or `compare`.
     pub scenario: &'static str,
     pub transports: Vec<FanoutReport>,
+    /// Transports whose run failed (`compare` goes on without them).
+    pub failed: Vec<Failure>,
+}
+
+/// A transport whose run ended in an error.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub transport: Transport,
+    pub error: String,
 }
 
 impl RunReport {
     /// Every transport delivered every message exactly once, in order.
     pub fn perfect(&self) -> bool {
-        self.transports.iter().all(FanoutReport::perfect)
+        self.failed.is_empty() && self.transports.iter().all(FanoutReport::perfect)
     }
 
     /// A header and one row per transport. Every field is a number or a
@@ -145,6 +155,14 @@ impl fmt::Display for RunReport {
                 ""
             }
         )?;
+        for f in &self.failed {
+            writeln!(
+                o,
+                "{}: FAILED: {}",
+                f.transport.name(),
+                f.error.lines().next().unwrap_or("")
+            )?;
+        }
         for r in &self.transports {
             if !r.perfect() {
                 writeln!(
@@ -182,7 +200,6 @@ impl fmt::Display for RunReport {
 mod tests {
     use super::super::tests::sample;
     use super::*;
-    use crate::transport::Transport;
 
     fn two() -> RunReport {
         let mut ok = sample();
@@ -194,6 +211,10 @@ mod tests {
         RunReport {
             scenario: "compare",
             transports: vec![ok, lp],
+            failed: vec![Failure {
+                transport: Transport::Sse,
+                error: "subscriber 3: mid-run: EOF\n  hint".into(),
+            }],
         }
     }
 
@@ -214,6 +235,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ws: NOT"), "{text}");
+        assert!(
+            text.contains("sse: FAILED: subscriber 3: mid-run: EOF\n"),
+            "{text}"
+        );
         assert!(text.ends_with("(see above)"), "{text}");
     }
 
@@ -244,6 +269,7 @@ mod tests {
         assert_eq!(v["transports"][1]["transport"], "long-poll");
         assert_eq!(v["transports"][0]["wire"]["down_bytes_per_delivery"], 100.0);
         assert_eq!(v["transports"][0]["latency_curve"][1][0], 99.0);
+        assert_eq!(v["failed"][0]["transport"], "sse");
     }
 
     #[test]
@@ -251,6 +277,7 @@ mod tests {
         let r = RunReport {
             scenario: "fanout",
             transports: vec![sample()],
+            failed: Vec::new(),
         };
         assert!(r.to_string().starts_with("fanout over ws:"));
     }

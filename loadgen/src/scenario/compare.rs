@@ -3,8 +3,12 @@
 //!
 //! Every run gets a fresh topic prefix (seqs start at 1 again) and the
 //! publishers use the same path (`--publish-via`) for every transport:
-//! only the way messages reach the subscribers differs. A transport that
-//! fails ends the comparison with an error naming it.
+//! only the way messages reach the subscribers differs.
+//!
+//! A transport whose run fails mid-way (a subscriber dropped as a slow
+//! consumer, say) is recorded with its reason and the comparison goes on
+//! with the next one; the process still exits non-zero. A broker that
+//! cannot be reached at all ends the comparison at once.
 
 use std::time::Duration;
 
@@ -12,6 +16,7 @@ use ringcast::config::parse_duration;
 
 use super::fanout::{self, FanoutArgs};
 use super::Common;
+use crate::report::compare::Failure;
 use crate::report::FanoutReport;
 use crate::transport::{Result, Transport};
 
@@ -28,7 +33,7 @@ pub struct CompareArgs {
     pub pause: Duration,
 }
 
-pub fn run(common: &Common, args: &CompareArgs) -> Result<Vec<FanoutReport>> {
+pub fn run(common: &Common, args: &CompareArgs) -> Result<(Vec<FanoutReport>, Vec<Failure>)> {
     if args.transports.is_empty() {
         return Err("--transports names no transport".into());
     }
@@ -36,6 +41,7 @@ pub fn run(common: &Common, args: &CompareArgs) -> Result<Vec<FanoutReport>> {
         return Err("--pause must be at most 1m".into());
     }
     let mut reports = Vec::with_capacity(args.transports.len());
+    let mut failures = Vec::new();
     for (i, &t) in args.transports.iter().enumerate() {
         if i > 0 {
             std::thread::sleep(args.pause);
@@ -50,8 +56,17 @@ pub fn run(common: &Common, args: &CompareArgs) -> Result<Vec<FanoutReport>> {
             i + 1,
             args.transports.len()
         ));
-        let r = fanout::run(&common, &args.fanout).map_err(|e| format!("{}: {e}", t.name()))?;
-        reports.push(r);
+        match fanout::run(&common, &args.fanout) {
+            Ok(r) => reports.push(r),
+            Err(e) if e.contains("broker unreachable") => return Err(format!("{}: {e}", t.name())),
+            Err(e) => {
+                common.progress(format!("compare: {} failed: {e}", t.name()));
+                failures.push(Failure {
+                    transport: t,
+                    error: e,
+                });
+            }
+        }
     }
-    Ok(reports)
+    Ok((reports, failures))
 }
