@@ -54,19 +54,22 @@ impl SseClient {
 }
 
 /// Where the first event ends: (length of the event's lines, length of the
-/// blank-line terminator). `\n\n` is what the broker sends; `\r\n\r\n` is
-/// accepted as the SSE grammar allows.
-fn find_blank_line(buf: &BytesMut) -> Option<(usize, usize)> {
-    let lf = memchr2(buf, b"\n\n").map(|i| (i, 2));
-    let crlf = memchr2(buf, b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// terminator after them). An event ends at an empty line: `\n\n` is what
+/// the broker sends, and `\n\r\n` (after a `\r\n` line) is accepted as the
+/// SSE grammar allows; a `\r` left at the end of the lines is stripped by
+/// [`parse_event`]. One pass over the buffer, newline to newline.
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(off) = buf[from..].iter().position(|&b| b == b'\n') {
+        let i = from + off;
+        match buf.get(i + 1..i + 3) {
+            Some([b'\n', _]) => return Some((i, 2)),
+            Some([b'\r', b'\n']) => return Some((i, 3)),
+            None if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
+            _ => from = i + 1,
+        }
     }
-}
-
-fn memchr2(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    None
 }
 
 /// One parsed event.
