@@ -136,6 +136,7 @@ function readPage(page) {
       transport: text('transport'),
       updates: Number(text('updates')),
       missed: Number(text('missed')),
+      duplicates: Number(text('duplicates')),
       reconnects: Number(text('reconnects')),
       resets: Number(text('resets')),
       epoch: text('epoch'),
@@ -166,6 +167,7 @@ async function waitFor(page, what, ok, ms = WAIT_MS) {
 /** Every topic's messages were seen once each, from its first seq on. */
 function assertNoMissedSeq(s, label) {
   assert.equal(s.missed, 0, `${label}: missed counter; log: ${s.log.join(' | ')}`);
+  assert.equal(s.duplicates, 0, `${label}: duplicates; log: ${s.log.join(' | ')}`);
   for (const [topic, t] of Object.entries(s.topics)) {
     assert.equal(t.missed, 0, `${label}: ${topic} missed`);
     assert.ok(t.from !== null && t.received > 0, `${label}: ${topic} received nothing`);

@@ -160,6 +160,32 @@ fn demo_feeds_seat_counts_on_the_documented_topic() {
 }
 
 #[test]
+fn demo_is_set_by_flag_variable_or_file_and_printed() {
+    let path = std::env::temp_dir().join(format!("ringcast-e2e-{}-demo.toml", std::process::id()));
+    std::fs::write(&path, "demo = true\n").unwrap();
+    let print = |args: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(ringcast_e2e::broker_binary());
+        cmd.args(args)
+            .arg("--print-config")
+            .env_remove("RINGCAST_DEMO");
+        if let Some(v) = env {
+            cmd.env("RINGCAST_DEMO", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(print(&[], None).contains("demo = false\n"));
+    assert!(print(&["--demo"], None).contains("demo = true\n"));
+    assert!(print(&[], Some("true")).contains("demo = true\n"));
+    assert!(print(&["--config", path.to_str().unwrap()], None).contains("demo = true\n"));
+}
+
+#[test]
 fn without_demo_nothing_is_fed() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut c = HttpConn::connect(broker.addr);
