@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test ringcast has: format and lint, unit + property + end-to-end
-# + interop tests, the Autobahn|Testsuite conformance run against /echo, and
-# the fuzz-corpus replay (plus a short live fuzz run when FUZZ_SECONDS > 0).
-# Installs what the tests need (Python `websockets`, the Autobahn suite).
+# + interop tests, the demo page in headless Chromium, the Autobahn|Testsuite
+# conformance run against /echo, and the fuzz-corpus replay (plus a short
+# live fuzz run when FUZZ_SECONDS > 0).
+# Installs what the tests need (Python `websockets`, playwright-core from npm
+# for the browser test, the Autobahn suite). The browser is Debian's
+# chromium (/usr/bin/chromium, or $CHROMIUM); .ci/run installs it.
 #
 #   scripts/test.sh                 # everything, fuzz replay only
 #   FUZZ_SECONDS=20 scripts/test.sh # plus 20 s of libFuzzer per target
 #
-# Reports (Autobahn HTML + index.json) go to ${OUT:-target/test-reports}.
+# Reports (Autobahn HTML + index.json, the demo page's screenshots) go to
+# ${OUT:-target/test-reports}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/test-reports}
@@ -30,6 +34,12 @@ cargo build --release -p ringcast -p ringcast-loadgen
 
 step "cargo test --workspace (unit, property, end-to-end, interop)"
 RINGCAST_BIN="$PWD/target/release/ringcast" cargo test --workspace
+
+step "demo page in headless Chromium (playwright-core, Debian chromium)"
+# playwright-core never downloads a browser; the variable makes sure no
+# other package of the lock file tries either.
+(cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+RINGCAST_BIN="$PWD/target/release/ringcast" OUT="$OUT" node --test tests/browser/demo.test.mjs
 
 step "Autobahn|Testsuite 1.* - 10.* against /echo"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -181,6 +181,11 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
     pub subprotocols: Vec<String>,
 
+    /// Run the built-in demo feeder: simulated stock ticks on `demo.ticker`
+    /// and train seat counts on `demo.seats`, for the live page at `/`.
+    #[arg(long, env = "RINGCAST_DEMO")]
+    pub demo: bool,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -376,6 +381,7 @@ impl Config {
             format!("max-poll-timeout = {}", d(self.max_poll_timeout)),
             format!("allowed-origins = {}", list(&self.allowed_origins)),
             format!("subprotocols = {}", list(&self.subprotocols)),
+            format!("demo = {}", self.demo),
             format!("log = {:?}", self.log),
         ]
         .join("\n")
@@ -510,7 +516,13 @@ impl fmt::Display for Config {
         } else {
             self.subprotocols.join(",")
         };
-        write!(f, "  subprotocols       {protocols}")
+        writeln!(f, "  subprotocols       {protocols}")?;
+        let demo = if self.demo {
+            "on (feeding demo.ticker, demo.seats)"
+        } else {
+            "off"
+        };
+        write!(f, "  demo               {demo}")
     }
 }
 
@@ -564,7 +576,7 @@ mod tests {
             "ok",
             "listen = \"127.0.0.1:9999\"\nshards = 3\npin_cores = true\nmax-frame-size = \"1MiB\"\n\
              max-message-size = 2097152\nidle-timeout = \"2m\"\nallowed-origins = [\"https://a\", \"https://b\"]\n\
-             slow-consumer = \"conflate\"\n",
+             slow-consumer = \"conflate\"\ndemo = true\n",
         );
         let c = Config::load_from(args(&["--config", &path, "--shards", "5"])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
@@ -574,6 +586,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
         assert_eq!(c.slow_consumer, SlowConsumer::Conflate);
+        assert!(c.demo);
         // --print-config output loads back to the same configuration.
         let again = write("again", &c.to_toml());
         let d = Config::load_from(args(&["--config", &again])).unwrap();

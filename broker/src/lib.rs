@@ -14,6 +14,7 @@
 pub mod close;
 pub mod command;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -96,9 +96,21 @@ fn op_topic(op: &str, topic: &str, id: &Option<Id>) -> Bytes {
     finish(out)
 }
 
-/// `{"op":"subscribed","topic":T,"id":...}`
-pub fn subscribed(topic: &str, id: &Option<Id>) -> Bytes {
-    op_topic("subscribed", topic, id)
+/// `{"op":"subscribed","topic":T,"epoch":E,"id":...}`. `epoch` (an
+/// addition to the v1 contract) names this broker instance: seqs restart
+/// at 1 when the process restarts (history is in memory only), so a client
+/// that resumes with `since` compares epochs to tell a continuation from a
+/// new stream. It comes before any replay, so the client can decide first.
+pub fn subscribed(topic: &str, epoch: &str, id: &Option<Id>) -> Bytes {
+    let mut out = begin(64 + topic.len() + epoch.len());
+    out.put_slice(b"{\"op\":\"subscribed\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"epoch\":\"");
+    out.put_slice(epoch.as_bytes());
+    out.put_u8(b'"');
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
 }
 
 /// `{"op":"unsubscribed","topic":T,"id":...}`
@@ -192,6 +204,13 @@ pub fn sse_gap(topic: &str, since: u64, first_seq: u64) -> Bytes {
     sse(b"event: gap", &gap(topic, since, first_seq, &None))
 }
 
+/// The SSE form of [`subscribed`] (`event: subscribed`): carries the
+/// epoch before the replay, as on `/ws`. `EventSource.onmessage` does not
+/// see named events, so clients that ignore it are unaffected.
+pub fn sse_subscribed(topic: &str, epoch: &str) -> Bytes {
+    sse(b"event: subscribed", &subscribed(topic, epoch, &None))
+}
+
 /// The SSE form of [`skipped`].
 pub fn sse_skipped(topic: &str, from: u64, to: u64) -> Bytes {
     sse(b"event: skipped", &skipped(topic, from, to))
@@ -262,10 +281,11 @@ mod tests {
     #[test]
     fn replies_echo_ids_raw() {
         let id = Some(Id(Bytes::from_static(b"\"abc\"")));
-        assert_eq!(json(&subscribed("a.b", &id))["id"], "abc");
+        assert_eq!(json(&subscribed("a.b", "e1", &id))["id"], "abc");
+        assert_eq!(json(&subscribed("a.b", "e1", &id))["epoch"], "e1");
         let n = Some(Id(Bytes::from_static(b"7")));
         assert_eq!(json(&unsubscribed("a.b", &n))["id"], 7);
-        assert!(json(&subscribed("a.b", &None)).get("id").is_none());
+        assert!(json(&subscribed("a.b", "e1", &None)).get("id").is_none());
         let p = json(&published("t", 9, &n));
         assert_eq!(
             (p["op"].as_str(), p["seq"].as_u64()),
@@ -297,6 +317,10 @@ mod tests {
         let g = sse_gap("t.x", 1, 5);
         assert!(g.starts_with(b"event: gap\ndata: {\"op\":\"gap\""));
         assert!(sse_skipped("t.x", 2, 3).starts_with(b"event: skipped\n"));
+        assert_eq!(
+            &sse_subscribed("t.x", "00ff")[..],
+            &b"event: subscribed\ndata: {\"op\":\"subscribed\",\"topic\":\"t.x\",\"epoch\":\"00ff\"}\n\n"[..]
+        );
         let body = poll_body(None, &[f.clone(), message("t.x", 8, b"2")]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v[0]["seq"], 7);

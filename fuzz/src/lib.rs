@@ -672,7 +672,7 @@ pub fn command(data: &[u8]) {
         Ok(Command::Subscribe { topic, since, id }) => {
             check_topic(&topic);
             check_id(&id);
-            if let Some(v) = reply_json(&reply::subscribed(&topic, &id)) {
+            if let Some(v) = reply_json(&reply::subscribed(&topic, "0123456789abcdef", &id)) {
                 assert_eq!(
                     (&v["op"], &v["topic"]),
                     (&"subscribed".into(), &topic.as_str().into())

@@ -38,6 +38,8 @@ fn poll_answers_at_once_with_what_is_retained() {
     let r = get(&mut c, "/poll/p.now?since=0&timeout_ms=0");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
+    let epoch = r.header("ringcast-epoch").expect("Ringcast-Epoch header");
+    assert_eq!(epoch.len(), 16, "{epoch}");
     let v = r.json();
     assert_eq!(seqs(&v), [1, 2, 3]);
     assert_eq!(v[0]["topic"], "p.now");
@@ -293,7 +295,19 @@ fn sse_streams_with_proxy_headers_replay_and_live() {
         publish(broker.addr, "s.t", &format!("[{i}]"));
     }
     s.read_until(|t| t.contains("id: 50\n"));
-    let events = s.events();
+    let mut events = s.events();
+    // First, before the replay: `subscribed` with the broker's epoch.
+    let (name, id, data) = events.remove(0);
+    assert_eq!((name.as_str(), id), ("subscribed", None));
+    assert_eq!(
+        (&data["op"], &data["topic"]),
+        (&"subscribed".into(), &"s.t".into())
+    );
+    let epoch = data["epoch"].as_str().unwrap();
+    assert!(
+        head.contains(&format!("Ringcast-Epoch: {epoch}\r\n")),
+        "{head}"
+    );
     let ids: Vec<u64> = events.iter().map(|e| e.1.unwrap()).collect();
     assert_eq!(
         ids,
@@ -317,7 +331,7 @@ fn sse_resumes_from_last_event_id() {
     // The header wins over the query (it is what a reconnecting EventSource sends).
     let mut s = SseStream::open(broker.addr, "/sse/s.resume?since=0", "Last-Event-ID: 3\r\n");
     s.read_until(|t| t.contains("id: 5\n"));
-    let ids: Vec<u64> = s.events().iter().map(|e| e.1.unwrap()).collect();
+    let ids: Vec<u64> = s.events()[1..].iter().map(|e| e.1.unwrap()).collect();
     assert_eq!(ids, [4, 5]);
 }
 
@@ -339,6 +353,8 @@ fn sse_gap_and_heartbeat_events() {
     let mut s = SseStream::open(broker.addr, "/sse/s.gap?since=1", "");
     s.read_until(|t| t.contains("id: 5\n") && t.contains(": heartbeat\n"));
     let events = s.events();
+    assert_eq!(events[0].0, "subscribed");
+    let events = &events[1..];
     assert_eq!(events[0].0, "gap");
     assert_eq!(events[0].2["first_seq"], 4);
     let ids: Vec<u64> = events[1..].iter().map(|e| e.1.unwrap()).collect();

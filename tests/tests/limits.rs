@@ -353,7 +353,16 @@ fn http_rejections_are_complete_responses_then_close() {
             upgrade("/nope", "").into_bytes(),
             404,
         ),
-        ("GET /", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
+        (
+            "GET an unknown path",
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "POST / (the demo page)",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+        ),
         (
             "POST /healthz",
             b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(),

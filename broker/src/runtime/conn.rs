@@ -55,6 +55,9 @@ impl ReadSize {
     }
 }
 
+/// The response header naming the broker instance on `/poll` and `/sse`.
+const EPOCH_HEADER: &str = "Ringcast-Epoch";
+
 /// Payloads up to this size are copied behind their header into one
 /// buffer; larger ones are sent as header + the original `Bytes`.
 const COPY_THRESHOLD: usize = 16 * 1024;
@@ -315,12 +318,23 @@ fn respond(
     content_type: &str,
     body: &[u8],
 ) -> Next {
+    respond_with(shard, conn, keep, status, content_type, None, body)
+}
+
+/// [`respond`] with one more header.
+fn respond_with(
+    shard: &Shard,
+    conn: &Conn,
+    keep: bool,
+    status: u16,
+    content_type: &str,
+    extra: Option<(&str, &str)>,
+    body: &[u8],
+) -> Next {
     let connection = if keep { "keep-alive" } else { "close" };
-    let resp = response(
-        status,
-        &[("Content-Type", content_type), ("Connection", connection)],
-        body,
-    );
+    let mut headers = vec![("Content-Type", content_type), ("Connection", connection)];
+    headers.extend(extra);
+    let resp = response(status, &headers, body);
     let _ = conn.outbox.try_push(resp);
     if keep {
         Next::KeepAlive
@@ -336,6 +350,17 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     match (req.method.as_str(), path.as_str()) {
         (_, "/ws") => upgrade(shard, conn, &req, buf, Endpoint::PubSub).await,
         (_, "/echo") => upgrade(shard, conn, &req, buf, Endpoint::Echo).await,
+        ("GET", "/") => respond_with(
+            shard,
+            conn,
+            keep,
+            200,
+            "text/html; charset=utf-8",
+            // A new binary's page must not be hidden behind a cached one.
+            Some(("Cache-Control", "no-cache")),
+            crate::demo::PAGE.as_bytes(),
+        ),
+        (_, "/") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
         ("GET", "/metrics") => {
             let body = metrics::render(shard.shared.metrics());
             respond(
@@ -537,12 +562,15 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     let frames = std::mem::take(&mut *conn.poll.borrow_mut());
     let gap = conn.poll_gap.borrow_mut().take();
     let body = reply::poll_body(gap, &frames);
-    respond(
+    // The epoch tells a polling client whether `since` still meant this
+    // instance's stream (see `Shared::epoch`).
+    respond_with(
         shard,
         conn,
         keep && !shard.is_closing(),
         200,
         "application/json",
+        Some((EPOCH_HEADER, shard.shared.epoch())),
         &body,
     )
 }
@@ -582,10 +610,11 @@ async fn sse(
     conn.transport.set(Transport::Sse);
     conn.outbox.set_sse();
     shard.set_kind(conn, Kind::Sse);
-    let _ = conn.outbox.try_push(Bytes::from_static(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          X-Accel-Buffering: no\r\nConnection: close\r\n\r\n",
-    ));
+    let _ = conn.outbox.try_push(Bytes::from(format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\nConnection: close\r\n\r\n",
+        shard.shared.epoch()
+    )));
     conn.phase.set(Phase::Stream);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());

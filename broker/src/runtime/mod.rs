@@ -17,6 +17,7 @@
 //!    for many sockets.
 
 pub mod conn;
+pub mod demo;
 pub mod listener;
 pub mod mesh;
 pub mod pubsub;
@@ -34,10 +35,15 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::ShardMetrics;
 
-/// The little that shards share: readiness and the shutdown signal.
+/// The little that shards share: readiness, metrics and the instance's
+/// epoch (the shutdown signal is a separate `watch`).
 #[derive(Debug)]
 pub struct Shared {
     shards: usize,
+    /// Names this broker instance (16 hex digits, random at start). History
+    /// lives in memory, so seqs restart at 1 with the process; clients
+    /// compare epochs to tell a resumed stream from a new one.
+    epoch: String,
     ready: AtomicUsize,
     /// One block per shard, written only by that shard.
     metrics: Box<[ShardMetrics]>,
@@ -52,6 +58,11 @@ impl Shared {
         &self.metrics
     }
 
+    /// This instance's epoch, sent in `subscribed`.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     /// Every shard is accepting (what `/healthz` reports).
     pub fn all_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) >= self.shards
@@ -61,6 +72,7 @@ impl Shared {
 /// A running broker.
 pub struct Server {
     addr: SocketAddr,
+    epoch: String,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -69,6 +81,11 @@ impl Server {
     /// The address every shard listens on (the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This instance's epoch (see [`Shared::epoch`]).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Stops accepting and closes every connection (1001), then lets the
@@ -104,6 +121,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         shards: config.shards,
+        epoch: format!("{:016x}", rand::random::<u64>()),
         ready: AtomicUsize::new(0),
         metrics: (0..config.shards)
             .map(|_| ShardMetrics::default())
@@ -165,6 +183,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     }
     Ok(Server {
         addr,
+        epoch: shared.epoch.clone(),
         shutdown: tx,
         threads,
     })

@@ -378,9 +378,7 @@ impl PubSub {
                 topic: key.clone(),
                 state: SubState::Live(slot),
             });
-            if conn.transport.get() == Transport::WebSocket {
-                conn.send_reply(reply::subscribed(&key, &id));
-            }
+            self.send_subscribed(conn, &key, &id);
             return None;
         }
         entry.requests += 1;
@@ -441,9 +439,7 @@ impl PubSub {
                 drop(local);
                 set_state(&conn, &topic, SubState::Live(slot));
                 let transport = conn.transport.get();
-                if transport == Transport::WebSocket {
-                    conn.send_reply(reply::subscribed(&topic, &id));
-                }
+                self.send_subscribed(&conn, &topic, &id);
                 if let Some(Replay { gap, frames }) = replay {
                     if let Some(first) = gap {
                         let since = since.unwrap_or(0);
@@ -486,6 +482,18 @@ impl PubSub {
             }
         }
         self.maybe_release(&topic);
+    }
+
+    /// `subscribed` with the epoch, before any replay: a frame on `/ws`, an
+    /// `event: subscribed` on SSE. A long-poll gets the epoch as a response
+    /// header instead.
+    fn send_subscribed(&self, conn: &Conn, topic: &str, id: &Option<Id>) {
+        let epoch = self.shared.epoch();
+        match conn.transport.get() {
+            Transport::WebSocket => conn.send_reply(reply::subscribed(topic, epoch, id)),
+            Transport::Sse => conn.send_reply(reply::sse_subscribed(topic, epoch)),
+            Transport::Poll => {}
+        }
     }
 
     fn unsubscribe(&self, conn: &Rc<Conn>, topic: &str, id: Option<Id>) {

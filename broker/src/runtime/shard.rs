@@ -294,6 +294,9 @@ pub async fn run(
             }
         })
     };
+    // `--demo`: one feeder for the whole broker, on shard 0.
+    let feeder = (id == 0 && shard.config.demo)
+        .then(|| tokio_uring::spawn(super::demo::run_feeder(shard.clone())));
     shared.shard_ready();
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
@@ -314,6 +317,9 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), acceptor).await;
     sweeper.abort();
+    if let Some(feeder) = feeder {
+        feeder.abort();
+    }
     flusher.abort();
     receiver.abort();
 }
