@@ -123,6 +123,30 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues the response to an HTTP request, whatever its size and
+    /// whatever is queued: a response is owed, and dropping it would leave
+    /// the client waiting forever. The bound is kept by the reader instead:
+    /// it takes no next request until [`Outbox::wait_for_room`] returns,
+    /// so a client that pipelines requests without reading gets at most
+    /// one response past the bound.
+    pub fn push_response(&self, buf: Bytes) -> Result<(), PushError> {
+        if self.state.get() != State::Open {
+            return Err(PushError::Closed);
+        }
+        if !buf.is_empty() {
+            self.enqueue(buf);
+        }
+        Ok(())
+    }
+
+    /// Waits until what is queued is within the bound (or the connection
+    /// closed): backpressure between a response and the next request.
+    pub async fn wait_for_room(&self) {
+        while self.state.get() == State::Open && self.queued.get() > self.limit {
+            self.space.notified().await;
+        }
+    }
+
     /// Queues a protocol control frame (pong, close) behind whatever is
     /// queued, ignoring the byte bound. Refused once [`CONTROL_SLACK`]
     /// control bytes wait behind a queue that never empties: the peer is not
@@ -470,6 +494,34 @@ mod tests {
                 [90, 5, 4, 1000],
                 "CLOSE may precede the frame, never split it"
             );
+        });
+    }
+
+    /// A response is queued past the bound (it is owed), and the reader
+    /// waits for room before it takes the next request.
+    #[test]
+    fn responses_are_never_refused_and_the_reader_waits_for_room() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let o = std::rc::Rc::new(Outbox::new(100));
+            o.push_response(b(80)).unwrap();
+            assert_eq!(o.try_push(b(80)), Err(PushError::Full));
+            o.push_response(b(80)).unwrap();
+            assert_eq!(o.queued_bytes(), 160);
+            let reader = {
+                let o = o.clone();
+                tokio::task::spawn_local(async move { o.wait_for_room().await })
+            };
+            tokio::task::yield_now().await;
+            assert!(!reader.is_finished(), "160 queued is over the bound of 100");
+            o.written(80);
+            reader.await.unwrap();
+            o.close();
+            assert_eq!(o.push_response(b(1)), Err(PushError::Closed));
+            o.wait_for_room().await; // closed: returns at once
         });
     }
 

@@ -92,6 +92,36 @@ fn long_poll_times_out_with_an_empty_array() {
     );
 }
 
+/// Answers larger than the outbox, pipelined by a client that reads only
+/// after sending them all: every answer arrives whole and in order (an
+/// answer is owed, never dropped); the broker just takes the next request
+/// once the previous answer has drained.
+#[test]
+fn pipelined_poll_answers_larger_than_the_outbox_all_arrive() {
+    let broker = Broker::start(&[
+        "--shards",
+        "1",
+        "--outbox-size",
+        "64KiB",
+        "--history-bytes",
+        "4MiB",
+    ]);
+    let big = format!("\"{}\"", "x".repeat(8 * 1024));
+    for _ in 0..40 {
+        publish(broker.addr, "p.big", &big);
+    }
+    let mut c = HttpConn::connect(broker.addr);
+    let req = b"GET /poll/p.big?since=0&timeout_ms=0 HTTP/1.1\r\nHost: t\r\n\r\n";
+    c.send_raw(&req.repeat(4));
+    for _ in 0..4 {
+        let r = c.read_response().expect("a whole answer");
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        assert_eq!(seqs(&v), (1..=40).collect::<Vec<u64>>());
+        assert!(r.body.len() > 320 * 1024, "{}", r.body.len());
+    }
+}
+
 #[test]
 fn poll_reports_a_gap_before_what_is_retained() {
     let broker = Broker::start(&["--shards", "2", "--history-messages", "2"]);

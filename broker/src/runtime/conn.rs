@@ -216,6 +216,9 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
     loop {
         match request(&shard, &conn, &mut buf).await {
             Next::KeepAlive => {
+                // One response past the bound at most: a client that
+                // pipelines without reading waits here, not in memory.
+                conn.outbox.wait_for_room().await;
                 conn.phase.set(Phase::Http);
                 conn.deadline
                     .set(Some(Instant::now() + shard.config.handshake_timeout));
@@ -294,7 +297,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
     warn!(shard = shard.id, error = %e, "request rejected");
     shard.metrics().http_error(e);
-    let _ = conn.outbox.try_push(e.to_response());
+    let _ = conn.outbox.push_response(e.to_response());
     conn.finish(Instant::now() + shard.config.close_timeout);
     Next::Close
 }
@@ -335,7 +338,7 @@ fn respond_with(
     let mut headers = vec![("Content-Type", content_type), ("Connection", connection)];
     headers.extend(extra);
     let resp = response(status, &headers, body);
-    let _ = conn.outbox.try_push(resp);
+    let _ = conn.outbox.push_response(resp);
     if keep {
         Next::KeepAlive
     } else {
@@ -416,7 +419,7 @@ async fn upgrade(
 ) -> Next {
     match handshake::accept(req, &shard.policy) {
         Ok(accepted) => {
-            let _ = conn.outbox.try_push(accepted.response());
+            let _ = conn.outbox.push_response(accepted.response());
             websocket(shard, conn, buf, endpoint).await
         }
         Err(e) => reject(shard, conn, e),
@@ -610,7 +613,7 @@ async fn sse(
     conn.transport.set(Transport::Sse);
     conn.outbox.set_sse();
     shard.set_kind(conn, Kind::Sse);
-    let _ = conn.outbox.try_push(Bytes::from(format!(
+    let _ = conn.outbox.push_response(Bytes::from(format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
          X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\nConnection: close\r\n\r\n",
         shard.shared.epoch()
@@ -626,7 +629,7 @@ async fn sse(
         let mut event = BytesMut::from(&b"event: error\ndata: "[..]);
         event.extend_from_slice(&reply::message_json(&frame));
         event.extend_from_slice(b"\n\n");
-        let _ = conn.outbox.try_push(event.freeze());
+        let _ = conn.outbox.push_response(event.freeze());
         conn.finish(Instant::now() + shard.config.close_timeout);
         return Next::Close;
     }
