@@ -78,6 +78,25 @@ fn long_poll_is_held_until_a_message_arrives() {
     assert_eq!(v[0]["data"], "second");
 }
 
+/// The request deadline (`--handshake-timeout`) covers receiving a
+/// request, not holding it: a poll held past it is answered, not cut.
+#[test]
+fn a_poll_is_held_past_the_request_deadline() {
+    let broker = Broker::start(&["--shards", "1", "--handshake-timeout", "1s"]);
+    let mut c = HttpConn::connect(broker.addr);
+    let r = get(&mut c, "/poll/p.held?timeout_ms=2500");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!([]));
+    let addr = broker.addr;
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        publish(addr, "p.held", "7")
+    });
+    let r = get(&mut c, "/poll/p.held?since=0&timeout_ms=5000");
+    assert_eq!(seqs(&r.json()), [1], "the same keep-alive connection");
+    assert_eq!(publisher.join().unwrap(), 1);
+}
+
 #[test]
 fn long_poll_times_out_with_an_empty_array() {
     let broker = Broker::start(&["--shards", "2"]);

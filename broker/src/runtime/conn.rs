@@ -216,10 +216,14 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
     loop {
         match request(&shard, &conn, &mut buf).await {
             Next::KeepAlive => {
-                // One response past the bound at most: a client that
-                // pipelines without reading waits here, not in memory.
-                conn.outbox.wait_for_room().await;
                 conn.phase.set(Phase::Http);
+                // One response past the bound at most: a client that
+                // pipelines without reading waits here, not in memory, for
+                // as long as an idle connection may live.
+                conn.deadline
+                    .set(Some(Instant::now() + shard.config.idle_timeout));
+                conn.outbox.wait_for_room().await;
+                // Then the next request must arrive like a first one.
                 conn.deadline
                     .set(Some(Instant::now() + shard.config.handshake_timeout));
             }
@@ -536,6 +540,9 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
         );
     }
     conn.transport.set(Transport::Poll);
+    // The request is in; holding it is bounded by `timeout_ms` (at most
+    // --max-poll-timeout), not by the request deadline.
+    conn.deadline.set(None);
     if let Some(answered) = shard.pubsub.subscribe_http(conn, topic, Some(since)) {
         let _ = answered.await;
     }
