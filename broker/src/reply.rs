@@ -220,13 +220,22 @@ pub fn sse_skipped(topic: &str, from: u64, to: u64) -> Bytes {
 pub const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 /// A long-poll response body: a JSON array of message objects (and a `gap`
-/// object first when some were no longer retained).
-pub fn poll_body(gap_notice: Option<Bytes>, frames: &[Bytes]) -> Bytes {
+/// object first when some were no longer retained), with as many of
+/// `frames` as fit in `max_bytes` (at least one). A poller that fell far
+/// behind would otherwise get the whole history in one answer, built in
+/// memory per request; capped, it asks again with the last seq it got and
+/// the rest comes in the next answers.
+pub fn poll_body(gap_notice: Option<Bytes>, frames: &[Bytes], max_bytes: usize) -> Bytes {
+    let mut size = 0;
+    let fit = frames.iter().map(message_json).take_while(|m| {
+        size += m.len() + 1;
+        size <= max_bytes || size == m.len() + 1
+    });
     let parts: Vec<Bytes> = gap_notice
         .as_ref()
         .map(message_json)
         .into_iter()
-        .chain(frames.iter().map(message_json))
+        .chain(fit)
         .collect();
     let mut out = BytesMut::with_capacity(2 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
     out.put_u8(b'[');
@@ -252,6 +261,26 @@ mod tests {
         assert!(h.fin && h.mask.is_none());
         assert_eq!(h.payload_len as usize, frame.len() - n);
         serde_json::from_slice(&frame[n..]).unwrap()
+    }
+
+    /// An answer takes messages in seq order while they fit, and always
+    /// at least one, however large.
+    #[test]
+    fn poll_answers_are_capped_but_never_empty() {
+        let frames: Vec<Bytes> = (1..=10).map(|s| message("t", s, b"\"abcdefgh\"")).collect();
+        let one = message_json(&frames[0]).len() + 1;
+        let seqs = |body: Bytes| -> Vec<u64> {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(seqs(poll_body(None, &frames, 3 * one)), [1, 2, 3]);
+        assert_eq!(seqs(poll_body(None, &frames, 3 * one - 1)), [1, 2]);
+        assert_eq!(seqs(poll_body(None, &frames, 1)), [1]);
+        assert_eq!(seqs(poll_body(None, &frames, usize::MAX)).len(), 10);
     }
 
     #[test]
@@ -321,12 +350,12 @@ mod tests {
             &sse_subscribed("t.x", "00ff")[..],
             &b"event: subscribed\ndata: {\"op\":\"subscribed\",\"topic\":\"t.x\",\"epoch\":\"00ff\"}\n\n"[..]
         );
-        let body = poll_body(None, &[f.clone(), message("t.x", 8, b"2")]);
+        let body = poll_body(None, &[f.clone(), message("t.x", 8, b"2")], 1 << 20);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v[0]["seq"], 7);
         assert_eq!(v[1]["data"], 2);
-        assert_eq!(&poll_body(None, &[])[..], b"[]");
-        let with_gap = poll_body(Some(gap("t.x", 0, 7, &None)), &[f]);
+        assert_eq!(&poll_body(None, &[], 1 << 20)[..], b"[]");
+        let with_gap = poll_body(Some(gap("t.x", 0, 7, &None)), &[f.clone()], 1 << 20);
         let v: serde_json::Value = serde_json::from_slice(&with_gap).unwrap();
         assert_eq!(
             (v[0]["op"].as_str(), v[1]["op"].as_str()),

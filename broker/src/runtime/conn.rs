@@ -571,7 +571,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     conn.transport.set(Transport::WebSocket);
     let frames = std::mem::take(&mut *conn.poll.borrow_mut());
     let gap = conn.poll_gap.borrow_mut().take();
-    let body = reply::poll_body(gap, &frames);
+    let body = reply::poll_body(gap, &frames, shard.config.outbox_size);
     // The epoch tells a polling client whether `since` still meant this
     // instance's stream (see `Shared::epoch`).
     respond_with(
