@@ -126,7 +126,8 @@ fn latency_panel(
         .configure_mesh()
         .x_label_formatter(&|x| nines_label(*x))
         .y_desc("ms (log)")
-        .y_label_formatter(&|v| format!("{v}"))
+        .y_labels(12)
+        .y_label_formatter(&|v| format_value(*v))
         .draw()
         .map_err(err)?;
     for (i, r) in report.transports.iter().enumerate() {
@@ -146,7 +147,7 @@ fn latency_panel(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
