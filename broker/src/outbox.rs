@@ -460,16 +460,21 @@ mod tests {
         assert_eq!(o.push_message(&t, 2, b(10), false), Err(PushError::Full));
     }
 
+    /// Runs `f` on a single-threaded runtime where tasks may share `Rc`s,
+    /// as on a shard.
+    fn run_local<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
     /// A frame's header and payload are queued back to back even when the
     /// producer had to wait for room and another task queued a control
     /// frame meanwhile.
     #[test]
     fn a_frame_is_queued_whole() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        run_local(async {
             let o = std::rc::Rc::new(Outbox::new(100));
             o.try_push(b(90)).unwrap();
             let producer = {
@@ -501,11 +506,7 @@ mod tests {
     /// waits for room before it takes the next request.
     #[test]
     fn responses_are_never_refused_and_the_reader_waits_for_room() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        run_local(async {
             let o = std::rc::Rc::new(Outbox::new(100));
             o.push_response(b(80)).unwrap();
             assert_eq!(o.try_push(b(80)), Err(PushError::Full));
