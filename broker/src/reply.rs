@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(v[0]["seq"], 7);
         assert_eq!(v[1]["data"], 2);
         assert_eq!(&poll_body(None, &[], 1 << 20)[..], b"[]");
-        let with_gap = poll_body(Some(gap("t.x", 0, 7, &None)), &[f.clone()], 1 << 20);
+        let with_gap = poll_body(Some(gap("t.x", 0, 7, &None)), &[f], 1 << 20);
         let v: serde_json::Value = serde_json::from_slice(&with_gap).unwrap();
         assert_eq!(
             (v[0]["op"].as_str(), v[1]["op"].as_str()),
