@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use super::{fmt_us, FanoutReport};
+use super::{fmt_kib, fmt_us, FanoutReport};
 use crate::transport::Transport;
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +105,7 @@ impl fmt::Display for RunReport {
         }
         writeln!(
             o,
-            "{:<11}{:>10}{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9}{:>8}{:>8}{:>10}{:>10}",
+            "{:<11}{:>10}{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9}{:>8}{:>8}{:>10}{:>10}{:>11}",
             "transport",
             "delivered",
             "lost",
@@ -119,13 +119,14 @@ impl fmt::Display for RunReport {
             "B up",
             "req",
             "broker µs",
-            "lg µs"
+            "lg µs",
+            "broker RSS"
         )?;
         for r in &self.transports {
             let (t, l, w) = (&r.totals, &r.latency, &r.wire);
             writeln!(
                 o,
-                "{:<11}{:>9.3}%{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9.1}{:>8.1}{:>8.3}{:>10}{:>10.2}",
+                "{:<11}{:>9.3}%{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9.1}{:>8.1}{:>8.3}{:>10}{:>10.2}{:>11}",
                 r.transport.name(),
                 r.delivery_ratio() * 100.0,
                 t.lost,
@@ -142,13 +143,16 @@ impl fmt::Display for RunReport {
                     .map(|v| format!("{v:.2}"))
                     .unwrap_or_else(|| "-".into()),
                 r.loadgen_cpu_us_per_delivery,
+                r.broker
+                    .map(|b| fmt_kib(b.rss_after_kib))
+                    .unwrap_or_else(|| "-".into()),
             )?;
         }
         writeln!(
             o,
             "(latency: scheduled send -> delivery; B down/up and req: wire bytes and HTTP \
              requests per delivered message, heads and frame headers included; µs: CPU per \
-             delivered message{})",
+             delivered message; RSS: the broker's at the end{})",
             if self.transports.iter().any(|r| r.broker.is_none()) {
                 ", broker's only with --broker-pid"
             } else {
@@ -229,6 +233,7 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].contains("100.000%"), "{text}");
+        assert!(rows[0].ends_with("20.0 MiB"), "{text}");
         assert!(rows[1].contains("90.000%"), "{text}");
         assert!(
             text.contains("long-poll: NOT all delivered exactly once in order: lost 1"),
