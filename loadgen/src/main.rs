@@ -130,6 +130,15 @@ fn run(cli: Cli) -> Result<bool, String> {
             ));
         }
     }
+    // Zero would make a poller ask again at once, in a busy loop.
+    for (flag, d) in [
+        ("--poll-hold", cli.poll_hold),
+        ("--poll-interval", cli.poll_interval),
+    ] {
+        if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+            return Err(format!("{flag} must be in [1ms, 1h], got {d:?}"));
+        }
+    }
     let common = Common {
         endpoint: Endpoint::parse(&cli.broker)?,
         broker_url: cli.broker.clone(),

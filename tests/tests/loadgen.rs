@@ -315,3 +315,30 @@ fn a_broker_that_shuts_down_mid_run_fails_the_run_with_its_close_code() {
     );
     assert!(broker.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+#[test]
+fn bad_flags_are_clear_errors_before_any_connection() {
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "http://127.0.0.1:9",
+            &["--poll-interval", "0s", "compare"],
+            "--poll-interval must be",
+        ),
+        ("http://10.1.2.3:80", &["fanout"], "not a loopback address"),
+        ("http://127.0.0.1:9/ws", &["fanout"], "takes no path"),
+        (
+            "http://127.0.0.1:9",
+            &["--csv", "echo"],
+            "--csv and --plot apply to",
+        ),
+    ];
+    for (broker, args, want) in cases {
+        let run = finish(spawn(broker, args));
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(want), "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("unreachable"),
+            "{args:?}: it tried to connect"
+        );
+    }
+}
