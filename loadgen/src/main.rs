@@ -1,9 +1,11 @@
 //! `ringcast-loadgen`: drives a ringcast broker from the client side.
 //!
-//! It speaks WebSocket through the broker's own protocol library in client
-//! role (masked frames, random keys, the server's accept key verified), so
-//! it doubles as a second, independent-of-the-runtime user of that library.
-//! The client core is tokio (the load generator need not be io_uring).
+//! It speaks the four transports the broker serves: WebSocket through the
+//! broker's own protocol library in client role (masked frames, random
+//! keys, the server's accept key verified), so it doubles as a second,
+//! independent-of-the-runtime user of that library; and the HTTP baselines
+//! (long-polling, short polling, Server-Sent Events). The client core is
+//! tokio (the load generator need not be io_uring).
 //!
 //! Scenarios (`src/scenario/`):
 //! - `fanout`: S subscribers over T topics, P publishers at a fixed total
@@ -11,12 +13,13 @@
 //!   scheduled send time.
 //! - `conns`: N idle subscribed connections; handshake rate and the
 //!   broker's memory per connection.
+//! - `compare`: `fanout` over each transport in turn, one table.
 //! - `echo`: closed-loop round trips on `/echo`, every byte verified.
 //!
-//! Layout: `transport/` (how to reach the broker: WebSocket now, the HTTP
-//! baselines later), `proto.rs` (the wire contract's JSON), `stats.rs`
-//! (histograms, seq accounting), `sys.rs` (/proc, rusage, rlimit),
-//! `report.rs` (JSON and the human table).
+//! Layout: `transport/` (how to reach the broker, and the byte counts),
+//! `proto.rs` (the wire contract's JSON), `stats.rs` (histograms, seq
+//! accounting), `sys.rs` (/proc, rusage, rlimit), `report/` (JSON, CSV and
+//! the human tables), `plot.rs` (the SVG).
 
 mod plot;
 mod proto;

@@ -3,8 +3,8 @@
 //! the timestamped payload publishers embed so subscribers can compute
 //! latency.
 //!
-//! Every transport (WebSocket now; long-polling, short polling and SSE
-//! later) hands the scenarios the same broker → client JSON objects, so the
+//! Every transport (WebSocket, long-polling, short polling, SSE) hands the
+//! scenarios the same broker → client JSON objects, so the
 //! parsing lives here and not in a transport. The `message` object is
 //! parsed on a fast path that matches the broker's fixed encoding
 //! (`{"op":"message","topic":T,"seq":N,"data":D}`), falling back to
