@@ -1,4 +1,5 @@
-//! `conns`: open N idle WebSocket connections, each subscribed to one topic
+//! `conns`: open N idle connections over `--transport` (a WebSocket, an SSE
+//! stream, or a poller whose request the broker holds), each subscribed to one topic
 //! (connection `i` to topic `i % T`), and measure what they cost: how fast
 //! the broker completes handshakes and subscriptions, and (with
 //! `--broker-pid`) how much resident memory each connection adds.
