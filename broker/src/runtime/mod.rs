@@ -177,9 +177,17 @@ pub fn start(config: Config) -> Result<Server, Error> {
             }
         }
     }
-    // The shards count themselves ready once their acceptor is spawned.
+    // The shards count themselves ready once their acceptor is spawned
+    // (microseconds). A shard thread that ends first would never count:
+    // that is a start-up failure, not a reason to wait forever.
     while !shared.all_ready() {
-        std::thread::yield_now();
+        if threads.iter().any(|t| t.is_finished()) {
+            let _ = tx.send(true);
+            return Err(Error::Io(std::io::Error::other(
+                "a shard stopped before it was accepting",
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
     Ok(Server {
         addr,
