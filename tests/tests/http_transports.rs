@@ -1,7 +1,7 @@
 //! The HTTP baselines on the same pub/sub core: long-polling
 //! (`GET /poll/{topic}`) and Server-Sent Events (`GET /sse/{topic}`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -212,6 +212,62 @@ fn poll_errors_are_clear() {
     c.send_raw(b"POST /poll/p.e HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     let r = c.read_response().unwrap();
     assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+}
+
+/// `ringcast_polls_held`, summed over shards.
+fn polls_held(addr: SocketAddr) -> u64 {
+    get(&mut HttpConn::connect(addr), "/metrics")
+        .body_text()
+        .lines()
+        .filter(|l| l.starts_with("ringcast_polls_held{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Waits (at most 10 s) until `f` holds.
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A held poll whose client leaves is freed at once, not when its 60 s
+/// run out; a client that only half-closes gets its (empty) answer at once.
+#[test]
+fn a_client_that_leaves_mid_hold_frees_it_at_once() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let addr = broker.addr;
+    let req = b"GET /poll/p.gone?timeout_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    let mut gone = tcp(addr);
+    gone.write_all(req).unwrap();
+    wait_until("the poll is held", || polls_held(addr) == 1);
+    drop(gone);
+    wait_until("the hold is freed well before 60 s", || {
+        polls_held(addr) == 0
+    });
+
+    let mut half = tcp(addr);
+    half.write_all(req).unwrap();
+    wait_until("the poll is held", || polls_held(addr) == 1);
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    half.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Connection: close"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n[]"), "{answer}");
+    assert_eq!(polls_held(addr), 0);
+
+    // Nothing of them is left subscribed: a publish reaches a new poller
+    // as seq 1 and nobody else.
+    assert_eq!(publish(addr, "p.gone", "1"), 1);
+    let r = get(
+        &mut HttpConn::connect(addr),
+        "/poll/p.gone?since=0&timeout_ms=0",
+    );
+    assert_eq!(seqs(&r.json()), [1]);
 }
 
 #[test]

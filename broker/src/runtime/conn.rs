@@ -121,6 +121,11 @@ pub struct Conn {
     pub poll_ready: Notify,
     /// The owner refused an HTTP-transport subscription (topic limit).
     pub refused: Cell<Option<ErrorCode>>,
+    /// A long-poll being held by a task of its own, so that the reader
+    /// reads on and sees the client leave; yields what follows its answer.
+    held: RefCell<Option<tokio::task::JoinHandle<Next>>>,
+    /// The client ended its side while a poll was held: answer it now.
+    peer_done: Cell<bool>,
 }
 
 impl Conn {
@@ -142,6 +147,8 @@ impl Conn {
             poll_gap: RefCell::new(None),
             poll_ready: Notify::new(),
             refused: Cell::new(None),
+            held: RefCell::new(None),
+            peer_done: Cell::new(false),
         }
     }
 
@@ -201,9 +208,11 @@ impl Conn {
 }
 
 /// How a request handler left the connection.
-enum Next {
+pub enum Next {
     /// Serve the next request.
     KeepAlive,
+    /// A long-poll is held by its own task; read on.
+    Held,
     /// Our last bytes are queued; drain until the peer closes.
     Close,
     /// The peer is gone; nothing to drain.
@@ -215,18 +224,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
     let mut buf = BytesMut::with_capacity(shard.config.read_buffer);
     loop {
         match request(&shard, &conn, &mut buf).await {
-            Next::KeepAlive => {
-                conn.phase.set(Phase::Http);
-                // One response past the bound at most: a client that
-                // pipelines without reading waits here, not in memory, for
-                // as long as an idle connection may live.
-                conn.deadline
-                    .set(Some(Instant::now() + shard.config.idle_timeout));
-                conn.outbox.wait_for_room().await;
-                // Then the next request must arrive like a first one.
-                conn.deadline
-                    .set(Some(Instant::now() + shard.config.handshake_timeout));
-            }
+            Next::KeepAlive => after_response(&shard, &conn).await,
+            // The hold's task answers; meanwhile a read is what notices a
+            // client that leaves.
+            Next::Held => {}
             Next::Close => {
                 drain(&shard, &conn, buf).await;
                 break;
@@ -234,10 +235,37 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
             Next::Gone => break,
         }
     }
+    end_hold(&conn).await;
     if !conn.subs.borrow().is_empty() {
         shard.pubsub.disconnect(&conn);
     }
     shard.task_done(key, &conn);
+}
+
+/// Between a response and the next request on a kept-alive connection.
+async fn after_response(shard: &Shard, conn: &Conn) {
+    conn.phase.set(Phase::Http);
+    // One response past the bound at most: a client that pipelines
+    // without reading waits here, not in memory, for as long as an idle
+    // connection may live.
+    conn.deadline
+        .set(Some(Instant::now() + shard.config.idle_timeout));
+    conn.outbox.wait_for_room().await;
+    // Then the next request must arrive like a first one.
+    conn.deadline
+        .set(Some(Instant::now() + shard.config.handshake_timeout));
+}
+
+/// Ends a held poll, if any: it answers at once with what it has (a
+/// half-closed client still reads that; for one that is gone, the hold and
+/// its subscription are freed now instead of at `timeout_ms`). Returns what
+/// follows its answer.
+async fn end_hold(conn: &Conn) -> Option<Next> {
+    let held = conn.held.borrow_mut().take();
+    let held = held?;
+    conn.peer_done.set(true);
+    conn.poll_ready.notify_one();
+    Some(held.await.unwrap_or(Next::Gone))
 }
 
 /// Reads one more chunk into `buf`; `None` on EOF or error, else how many
@@ -290,11 +318,22 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
             Err(e) => return reject(shard, conn, e),
         }
         if !read_more(shard, conn, buf, shard.config.read_buffer).await {
-            // The peer is done sending; let it have what we queued.
+            // The peer is done sending; let it have what we queued (a held
+            // poll answers first).
+            end_hold(conn).await;
             conn.outbox.finish();
             return Next::Gone;
         }
     };
+    // A request behind a held poll waits for its answer: responses go out
+    // in request order.
+    let held = conn.held.borrow_mut().take();
+    if let Some(held) = held {
+        match held.await.unwrap_or(Next::Gone) {
+            Next::KeepAlive => {}
+            other => return other,
+        }
+    }
     route(shard, conn, req, buf).await
 }
 
@@ -552,21 +591,38 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
         return json_error(shard, conn, keep, ErrorCode::Limit, "too many topics");
     }
     if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
+        // Held by a task of its own: the reader goes back to reading, so a
+        // client that leaves mid-hold is seen at once (see `end_hold`).
         shard.held_polls.set(shard.held_polls.get() + 1);
         shard.metrics().polls_held.inc();
-        let deadline = tokio::time::Instant::now() + timeout;
-        // A timer around a wake-up, not around socket I/O: safe to drop.
-        while conn.poll.borrow().is_empty() && !shard.is_closing() {
-            if tokio::time::timeout_at(deadline, conn.poll_ready.notified())
-                .await
-                .is_err()
-            {
-                break;
+        let (shard, conn2) = (shard.clone(), conn.clone());
+        let task = tokio_uring::spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            // A timer around a wake-up, not around socket I/O: safe to drop.
+            while conn2.poll.borrow().is_empty() && !shard.is_closing() && !conn2.peer_done.get() {
+                if tokio::time::timeout_at(deadline, conn2.poll_ready.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
-        }
-        shard.held_polls.set(shard.held_polls.get() - 1);
-        shard.metrics().polls_held.dec();
+            shard.held_polls.set(shard.held_polls.get() - 1);
+            shard.metrics().polls_held.dec();
+            let next = answer_poll(&shard, &conn2, keep);
+            if let Next::KeepAlive = next {
+                after_response(&shard, &conn2).await;
+            }
+            next
+        });
+        *conn.held.borrow_mut() = Some(task);
+        return Next::Held;
     }
+    answer_poll(shard, conn, keep)
+}
+
+/// Answers a poll with what was collected (capped at the outbox size).
+fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
     shard.pubsub.disconnect(conn);
     conn.transport.set(Transport::WebSocket);
     let frames = std::mem::take(&mut *conn.poll.borrow_mut());
@@ -577,7 +633,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     respond_with(
         shard,
         conn,
-        keep && !shard.is_closing(),
+        keep && !shard.is_closing() && !conn.peer_done.get(),
         200,
         "application/json",
         Some((EPOCH_HEADER, shard.shared.epoch())),
