@@ -103,8 +103,13 @@ impl Outbox {
 
     fn enqueue(&self, buf: Bytes) {
         self.queued.set(self.queued.get() + buf.len());
-        self.queue.borrow_mut().push_back(buf);
-        self.work.notify_one();
+        let mut queue = self.queue.borrow_mut();
+        // The writer waits only on an empty queue: only that transition
+        // needs a wake-up, not every delivery.
+        if queue.is_empty() {
+            self.work.notify_one();
+        }
+        queue.push_back(buf);
     }
 
     /// Queues without waiting. An empty queue accepts one buffer of any

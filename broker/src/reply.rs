@@ -64,7 +64,9 @@ fn put_u64(out: &mut BytesMut, n: u64) {
 
 /// `{"op":"message","topic":T,"seq":N,"data":D}`, framed.
 pub fn message(topic: &str, seq: u64, data: &[u8]) -> Bytes {
-    let mut out = begin(48 + topic.len() + data.len());
+    // 42 bytes of fixed JSON and up to 20 digits of seq: the frame is
+    // built in one allocation whatever the seq (it is retained as built).
+    let mut out = begin(62 + topic.len() + data.len());
     out.put_slice(b"{\"op\":\"message\",\"topic\":\"");
     out.put_slice(topic.as_bytes());
     out.put_slice(b"\",\"seq\":");

@@ -392,8 +392,8 @@ fn respond_with(
 
 async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut BytesMut) -> Next {
     let keep = keep_alive(&req);
-    let path = req.path().to_string();
-    match (req.method.as_str(), path.as_str()) {
+    let path = req.path();
+    match (req.method.as_str(), path) {
         (_, "/ws") => upgrade(shard, conn, &req, buf, Endpoint::PubSub).await,
         (_, "/echo") => upgrade(shard, conn, &req, buf, Endpoint::Echo).await,
         ("GET", "/") => respond_with(
@@ -568,7 +568,7 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
         let msg = format!("timeout_ms must be at most {}", max.as_millis());
         return json_error(shard, conn, keep, ErrorCode::BadRequest, &msg);
     }
-    if timeout_ms > 0 && shard.held_polls.get() >= shard.config.max_polls {
+    if timeout_ms > 0 && shard.metrics().polls_held.get() >= shard.config.max_polls as i64 {
         return respond(
             shard,
             conn,
@@ -593,7 +593,6 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
     if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
         // Held by a task of its own: the reader goes back to reading, so a
         // client that leaves mid-hold is seen at once (see `end_hold`).
-        shard.held_polls.set(shard.held_polls.get() + 1);
         shard.metrics().polls_held.inc();
         let (shard, conn2) = (shard.clone(), conn.clone());
         let task = tokio_uring::spawn(async move {
@@ -607,7 +606,6 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
                     break;
                 }
             }
-            shard.held_polls.set(shard.held_polls.get() - 1);
             shard.metrics().polls_held.dec();
             let next = answer_poll(&shard, &conn2, keep);
             if let Next::KeepAlive = next {

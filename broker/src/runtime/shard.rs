@@ -40,8 +40,6 @@ pub struct Shard {
     pub policy: StaticPolicy,
     pub shared: Arc<Shared>,
     pub pubsub: PubSub,
-    /// Long-polls waiting for a message right now.
-    pub held_polls: Cell<usize>,
     conns: RefCell<Slab<Rc<Conn>>>,
     closing: Cell<bool>,
     emptied: Notify,
@@ -261,7 +259,6 @@ pub async fn run(
         },
         config,
         shared: shared.clone(),
-        held_polls: Cell::new(0),
         conns: RefCell::new(Slab::new()),
         closing: Cell::new(false),
         emptied: Notify::new(),
