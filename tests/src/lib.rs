@@ -281,16 +281,20 @@ impl RawWs {
         }
     }
 
-    /// After the close handshake: the server must end the TCP connection.
+    /// After the close handshake: the server must end the TCP connection
+    /// and send nothing more (RFC 6455 5.5.1: no data after a close).
     pub fn expect_eof(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "bytes after the close: {:?}",
+            self.buf
+        );
         let mut b = [0u8; 1024];
-        loop {
-            match self.stream.read(&mut b) {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-                Err(e) => panic!("expected EOF, got {e}"),
-            }
+        match self.stream.read(&mut b) {
+            Ok(0) => {}
+            Ok(n) => panic!("{n} bytes after the close: {:?}", &b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected EOF, got {e}"),
         }
     }
 }
