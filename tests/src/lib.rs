@@ -284,11 +284,7 @@ impl RawWs {
     /// After the close handshake: the server must end the TCP connection
     /// and send nothing more (RFC 6455 5.5.1: no data after a close).
     pub fn expect_eof(&mut self) {
-        assert!(
-            self.buf.is_empty(),
-            "bytes after the close: {:?}",
-            self.buf
-        );
+        assert!(self.buf.is_empty(), "bytes after the close: {:?}", self.buf);
         let mut b = [0u8; 1024];
         match self.stream.read(&mut b) {
             Ok(0) => {}

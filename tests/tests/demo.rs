@@ -128,7 +128,12 @@ fn demo_feeds_seat_counts_on_the_documented_topic() {
     let mut since = 0;
     let mut trains = std::collections::HashMap::new();
     let mut seen = Vec::new();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while seen.len() < 8 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the feeder published only {seen:?} in 30 s"
+        );
         let r = get(
             &mut c,
             &format!("/poll/demo.seats?since={since}&timeout_ms=5000"),

@@ -237,8 +237,9 @@ fn client_sending_data_is_neither_pinged_nor_closed() {
 
 #[test]
 fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
-    let grace = Duration::from_secs(5);
-    let mut broker = Broker::start(&["--shards", "2", "--shutdown-grace", "5s"]);
+    // A grace far longer than the wait below: exiting within WAIT means it
+    // exited because the clients left, not because the grace ran out.
+    let mut broker = Broker::start(&["--shards", "2", "--shutdown-grace", "60s"]);
     let mut clients: Vec<RawWs> = (0..8)
         .map(|_| RawWs::connect(broker.addr, "/echo"))
         .collect();
@@ -252,7 +253,6 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     std::thread::sleep(Duration::from_millis(50));
 
     broker.signal(libc::SIGTERM);
-    let signalled = Instant::now();
     for (i, ws) in clients.iter_mut().enumerate() {
         ws.stream.set_read_timeout(Some(WAIT)).unwrap();
         let (code, reason) = ws.expect_close();
@@ -263,11 +263,10 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     drop(clients);
     read_to_eof(&mut http, "connection still in its HTTP head");
     drop(http);
-    let status = broker
-        .wait_exit(grace)
-        .unwrap_or_else(|| panic!("still running {grace:?} after SIGTERM"));
+    let status = broker.wait_exit(WAIT).unwrap_or_else(|| {
+        panic!("still running {WAIT:?} after SIGTERM and every client gone (grace 60 s)")
+    });
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    assert!(signalled.elapsed() < grace);
     let stderr = broker.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -86,8 +86,6 @@ fn assert_perfect(r: &Value) {
     ] {
         assert_eq!(t[k].as_u64(), Some(0), "{name}: {k} in {t}");
     }
-    let ratio = (expected - t["lost"].as_u64().unwrap()) as f64 / expected as f64;
-    assert_eq!(ratio, 1.0, "{name}");
     assert_eq!(r["wrong_topic"], 0, "{name}");
     assert_eq!(r["drain_complete"], true, "{name}");
     assert_eq!(r["subscribers_perfect"], r["subs"], "{name}");

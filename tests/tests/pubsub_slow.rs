@@ -630,6 +630,11 @@ fn conflated_messages_do_not_arrive_after_unsubscribed() {
     }
     assert!(unsubscribed, "no reply to unsubscribe");
     assert!(
+        big_seen.last < count,
+        "the newest {big} message arrived before `unsubscribed`: nothing was held back, \
+         the test proved nothing"
+    );
+    assert!(
         after.is_empty(),
         "{} frame(s) of {big} after `unsubscribed` (messages before it: {}), first: {}",
         after.len(),
