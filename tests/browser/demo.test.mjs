@@ -168,6 +168,8 @@ async function waitFor(page, what, ok, ms = WAIT_MS) {
 function assertNoMissedSeq(s, label) {
   assert.equal(s.missed, 0, `${label}: missed counter; log: ${s.log.join(' | ')}`);
   assert.equal(s.duplicates, 0, `${label}: duplicates; log: ${s.log.join(' | ')}`);
+  // Both demo topics are on the board (an empty table would check nothing).
+  assert.deepEqual(Object.keys(s.topics).sort(), ['demo.seats', 'demo.ticker'], label);
   for (const [topic, t] of Object.entries(s.topics)) {
     assert.equal(t.missed, 0, `${label}: ${topic} missed`);
     assert.ok(t.from !== null && t.received > 0, `${label}: ${topic} received nothing`);
