@@ -77,8 +77,9 @@ impl Request {
 }
 
 /// Finds the end of a head: the index just past the blank line. Accepts
-/// bare LF line endings as httparse does. `from` is where to resume.
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+/// bare LF line endings as httparse does. `from` is where to resume. The
+/// same blank line ends a Server-Sent Event (clients use it for that).
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
         let nl = i + off;

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::error::ProtocolError;
-use crate::frame::{encode_frame, FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::frame::{encode_frame, FrameHeader, OpCode};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
 
@@ -163,12 +163,10 @@ impl WebSocket {
         }
     }
 
-    /// Encodes a complete single-frame message for this role (masked with a
-    /// fresh random key in client role).
-    pub fn encode_message(&self, opcode: OpCode, payload: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
-        encode_frame(&mut out, true, opcode, self.mask_key(), payload);
-        out.freeze()
+    /// Appends a complete single-frame message for this role to `dst`
+    /// (masked with a fresh random key in client role).
+    pub fn encode_message(&self, dst: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+        encode_frame(dst, true, opcode, self.mask_key(), payload);
     }
 
     fn mask_key(&self) -> Option<[u8; 4]> {
@@ -675,7 +673,9 @@ mod tests {
     #[test]
     fn client_encodes_masked_and_server_decodes() {
         let client = WebSocket::new(Role::Client, Limits::default());
-        let wire = client.encode_message(OpCode::Binary, b"round trip");
+        let mut wire = BytesMut::new();
+        client.encode_message(&mut wire, OpCode::Binary, b"round trip");
+        assert_ne!(&wire[6..], b"round trip", "masked");
         let (ev, err) = run(&mut server(), &wire, 2);
         assert_eq!(err, None);
         assert_eq!(ev, vec![Event::Binary(Bytes::from_static(b"round trip"))]);

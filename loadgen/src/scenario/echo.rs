@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
+use ringcast::frame::OpCode;
 use ringcast::websocket::Event;
 
 use super::{spawn_runtime_thread, Common};
@@ -84,7 +85,7 @@ async fn echo_conn(
     let (mut sent, mut received) = (0, 0);
     while received < args.messages {
         while sent < args.messages && sent - received < window {
-            c.queue_binary(&body);
+            c.queue(OpCode::Binary, &body);
             sent_at.push_back(mono_ns());
             sent += 1;
         }

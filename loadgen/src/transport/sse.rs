@@ -1,11 +1,13 @@
 //! Server-Sent Events: one `GET /sse/{topic}?since=0` whose response never
-//! ends; each event's `data` (the same JSON object `/ws` sends) is handed to
-//! the scenario. Comment lines (the broker's heartbeat) are skipped but
-//! their bytes are counted: they are part of what SSE costs on the wire.
+//! ends; each event's `data` (the same JSON object `/ws` sends, `subscribed`
+//! first) is handed to the scenario. Comment lines (the broker's heartbeat)
+//! are skipped but their bytes are counted: they are part of what SSE costs
+//! on the wire.
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
+use ringcast::http::find_head_end;
 
 use super::http::{self, parse_head};
 use super::stream::Stream;
@@ -19,8 +21,9 @@ pub struct SseClient {
     io: Stream,
     authority: String,
     queue: VecDeque<Bytes>,
-    /// The `id:` of the last event (the seq a reconnect would resume from).
-    pub last_id: Option<u64>,
+    /// How far the read buffer has been searched for an event's end, so a
+    /// large event arriving in many reads is not rescanned from its start.
+    scanned: usize,
 }
 
 impl SseClient {
@@ -29,23 +32,21 @@ impl SseClient {
             io: http::connect(ep, opts).await?,
             authority: ep.authority.clone(),
             queue: VecDeque::new(),
-            last_id: None,
+            scanned: 0,
         })
     }
 
     /// Moves every complete event in the read buffer to the queue.
     fn take_events(&mut self) -> Result<()> {
-        while let Some(end) = find_blank_line(&self.io.rbuf) {
-            let block = self.io.rbuf.split_to(end.0).freeze();
-            self.io.rbuf.advance(end.1);
-            let ev = parse_event(&block);
-            if let Some(id) = ev.id {
-                self.last_id = Some(id);
-            }
-            if let Some(data) = ev.data {
+        while let Some(end) = find_head_end(&self.io.rbuf, self.scanned) {
+            let block = self.io.rbuf.split_to(end).freeze();
+            self.scanned = 0;
+            if let Some(data) = event_data(&block) {
                 self.queue.push_back(data);
             }
         }
+        // A blank line may start in the last two bytes.
+        self.scanned = self.io.rbuf.len().saturating_sub(2);
         if self.io.rbuf.len() > MAX_EVENT {
             return Err(format!("an SSE event over {MAX_EVENT} bytes"));
         }
@@ -53,79 +54,41 @@ impl SseClient {
     }
 }
 
-/// Where the first event ends: (length of the event's lines, length of the
-/// terminator after them). An event ends at an empty line: `\n\n` is what
-/// the broker sends, and `\n\r\n` (after a `\r\n` line) is accepted as the
-/// SSE grammar allows; a `\r` left at the end of the lines is stripped by
-/// [`parse_event`]. One pass over the buffer, newline to newline.
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut from = 0;
-    while let Some(off) = buf[from..].iter().position(|&b| b == b'\n') {
-        let i = from + off;
-        match buf.get(i + 1..i + 3) {
-            Some([b'\n', _]) => return Some((i, 2)),
-            Some([b'\r', b'\n']) => return Some((i, 3)),
-            None if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
-            _ => from = i + 1,
-        }
-    }
-    None
-}
-
-/// One parsed event.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    pub id: Option<u64>,
-    pub event: Option<String>,
-    /// `data:` lines joined with `\n`; `None` for a comment-only block.
-    pub data: Option<Bytes>,
-}
-
-/// Parses one event block (its lines, without the blank line).
-pub fn parse_event(block: &Bytes) -> SseEvent {
-    let mut ev = SseEvent::default();
-    let mut data: Option<BytesMut> = None;
+/// The `data` of one event (its lines up to and including the blank
+/// line): `data:` lines joined with `\n`, `None` for a comment-only block.
+/// `id:` and `event:` are not needed: the data is the broker's JSON object,
+/// which carries its seq and its `op`.
+pub fn event_data(block: &Bytes) -> Option<Bytes> {
+    let mut joined: Option<BytesMut> = None;
     let mut single: Option<Bytes> = None;
     for line in block.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || line[0] == b':' {
-            continue;
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
+        let value = match line.strip_prefix(b"data") {
+            Some([]) => &[][..],
+            Some([b':', v @ ..]) => v.strip_prefix(b" ").unwrap_or(v),
+            _ => continue,
         };
-        match field {
-            b"data" => match (&mut data, &single) {
-                (None, None) => single = Some(block.slice_ref(value)),
-                (None, Some(first)) => {
-                    let mut joined = BytesMut::from(&first[..]);
-                    joined.extend_from_slice(b"\n");
-                    joined.extend_from_slice(value);
-                    data = Some(joined);
-                }
-                (Some(d), _) => {
-                    d.extend_from_slice(b"\n");
-                    d.extend_from_slice(value);
-                }
-            },
-            b"id" => ev.id = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
-            b"event" => ev.event = Some(String::from_utf8_lossy(value).into_owned()),
-            _ => {}
+        match (&mut joined, &single) {
+            (None, None) => single = Some(block.slice_ref(value)),
+            (None, Some(first)) => {
+                let mut d = BytesMut::from(&first[..]);
+                d.extend_from_slice(b"\n");
+                d.extend_from_slice(value);
+                joined = Some(d);
+            }
+            (Some(d), _) => {
+                d.extend_from_slice(b"\n");
+                d.extend_from_slice(value);
+            }
         }
     }
-    ev.data = data.map(BytesMut::freeze).or(single);
-    ev
+    joined.map(BytesMut::freeze).or(single)
 }
 
 impl SubConn for SseClient {
     /// Opens the stream from `since=0`: the broker replays what it retains
     /// and then streams live, so nothing published after this returns is
-    /// missed. The confirmation is a `subscribed` object made here once the
-    /// `200 text/event-stream` head has arrived.
+    /// missed. The confirmation is the broker's own `subscribed` event.
     async fn subscribe(&mut self, topic: &str) -> Result<()> {
         let path = format!("/sse/{topic}?since=0");
         http::get(
@@ -162,8 +125,6 @@ impl SubConn for SseClient {
             ));
         }
         self.io.rbuf.advance(head.len);
-        let subscribed = serde_json::json!({"op": "subscribed", "topic": topic}).to_string();
-        self.queue.push_back(Bytes::from(subscribed));
         self.take_events()
     }
 
@@ -202,13 +163,11 @@ impl SubConn for SseClient {
 mod tests {
     use super::*;
 
-    fn events(stream: &[u8]) -> Vec<SseEvent> {
+    fn events(stream: &[u8]) -> Vec<Option<Bytes>> {
         let mut buf = BytesMut::from(stream);
         let mut out = Vec::new();
-        while let Some((n, t)) = find_blank_line(&buf) {
-            let block = buf.split_to(n).freeze();
-            buf.advance(t);
-            out.push(parse_event(&block));
+        while let Some(end) = find_head_end(&buf, 0) {
+            out.push(event_data(&buf.split_to(end).freeze()));
         }
         out
     }
@@ -220,21 +179,40 @@ mod tests {
               event: gap\ndata: {\"op\":\"gap\"}\n\nid: 42\ndata: {\"seq\"",
         );
         assert_eq!(evs.len(), 3, "the incomplete last event waits");
-        assert_eq!(evs[0].id, Some(41));
         assert_eq!(
-            evs[0].data.as_deref(),
+            evs[0].as_deref(),
             Some(&b"{\"op\":\"message\",\"seq\":41}"[..])
         );
-        assert_eq!(evs[1], SseEvent::default(), "a comment carries nothing");
-        assert_eq!(evs[2].event.as_deref(), Some("gap"));
-        assert_eq!(evs[2].data.as_deref(), Some(&b"{\"op\":\"gap\"}"[..]));
+        assert_eq!(evs[1], None, "a comment carries nothing");
+        assert_eq!(evs[2].as_deref(), Some(&b"{\"op\":\"gap\"}"[..]));
     }
 
     #[test]
     fn multi_line_data_crlf_and_fields_without_space() {
-        let evs = events(b"data:a\r\ndata: b\r\nid:7\r\n\r\ndata\n\n");
-        assert_eq!(evs[0].data.as_deref(), Some(&b"a\nb"[..]));
-        assert_eq!(evs[0].id, Some(7));
-        assert_eq!(evs[1].data.as_deref(), Some(&b""[..]));
+        let evs = events(b"data:a\r\ndata: b\r\nid:7\r\n\r\ndata\n\ndatum: x\n\n");
+        assert_eq!(evs[0].as_deref(), Some(&b"a\nb"[..]));
+        assert_eq!(evs[1].as_deref(), Some(&b""[..]));
+        assert_eq!(evs[2], None, "`datum` is not `data`");
+    }
+
+    /// An event that arrives in pieces is found once complete, and the
+    /// search resumes where it stopped.
+    #[test]
+    fn events_split_across_reads() {
+        let stream = b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\n";
+        for cut in 1..stream.len() {
+            let mut buf = BytesMut::from(&stream[..cut]);
+            let mut scanned = 0;
+            let mut got = Vec::new();
+            for piece in [&stream[cut..], &b""[..]] {
+                while let Some(end) = find_head_end(&buf, scanned) {
+                    got.push(event_data(&buf.split_to(end).freeze()).unwrap());
+                    scanned = 0;
+                }
+                scanned = buf.len().saturating_sub(2);
+                buf.extend_from_slice(piece);
+            }
+            assert_eq!(got, [&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]], "cut at {cut}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 
 use bytes::{Buf, Bytes};
 use ringcast::close::CloseCode;
-use ringcast::frame::{encode_frame, OpCode};
+use ringcast::frame::OpCode;
 use ringcast::handshake::ClientHandshake;
 use ringcast::websocket::{Event, Limits, Role, WebSocket};
 
@@ -65,26 +65,10 @@ impl WsClient {
         })
     }
 
-    /// Queues one masked text frame.
-    pub fn queue_text(&mut self, payload: &[u8]) {
-        encode_frame(
-            self.io.wbuf(),
-            true,
-            OpCode::Text,
-            Some(rand::random()),
-            payload,
-        );
-    }
-
-    /// Queues one masked binary frame.
-    pub fn queue_binary(&mut self, payload: &[u8]) {
-        encode_frame(
-            self.io.wbuf(),
-            true,
-            OpCode::Binary,
-            Some(rand::random()),
-            payload,
-        );
+    /// Queues one message as a single masked frame (the library picks a
+    /// fresh random key per frame).
+    pub fn queue(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.ws.encode_message(self.io.wbuf(), opcode, payload);
     }
 
     /// Writes everything queued (data and the protocol's control frames).
@@ -162,7 +146,7 @@ impl WsClient {
 
 impl SubConn for WsClient {
     async fn subscribe(&mut self, topic: &str) -> Result<()> {
-        self.queue_text(&proto::subscribe(topic));
+        self.queue(OpCode::Text, &proto::subscribe(topic));
         self.flush().await
     }
 
@@ -192,7 +176,7 @@ impl PubConn for WsClient {
         let mut cmd = std::mem::take(&mut self.scratch);
         cmd.clear();
         proto::publish(&mut cmd, topic, data);
-        self.queue_text(&cmd);
+        self.queue(OpCode::Text, &cmd);
         self.scratch = cmd;
     }
 
