@@ -65,8 +65,15 @@ pub struct Outbox {
     limit: usize,
     /// Control bytes queued since the queue was last empty.
     control: Cell<usize>,
-    /// Replay bytes queued past the bound and not yet written.
+    /// Replay bytes of the current burst, queued past the bound; they end
+    /// at byte position `replay_end` of the stream. Tracked by position,
+    /// not by count: live frames queued ahead of a replay are written
+    /// first and must not use up its allowance.
     replay: Cell<usize>,
+    replay_end: Cell<u64>,
+    /// Stream positions: bytes ever queued (minus discarded), and written.
+    enqueued: Cell<u64>,
+    written: Cell<u64>,
     /// Conflated messages waiting for room, one per topic.
     held: RefCell<Vec<Held>>,
     /// The connection speaks Server-Sent Events: notices are SSE events.
@@ -84,6 +91,9 @@ impl Outbox {
             limit,
             control: Cell::new(0),
             replay: Cell::new(0),
+            replay_end: Cell::new(0),
+            enqueued: Cell::new(0),
+            written: Cell::new(0),
             held: RefCell::new(Vec::new()),
             sse: Cell::new(false),
             state: Cell::new(State::Open),
@@ -101,8 +111,22 @@ impl Outbox {
         self.state.get() == State::Open
     }
 
+    /// Replay bytes queued and not yet written.
+    fn replay_unwritten(&self) -> usize {
+        let left = self.replay_end.get().saturating_sub(self.written.get());
+        (self.replay.get() as u64).min(left) as usize
+    }
+
+    /// Whether `len` more bytes may be queued: an empty queue takes one
+    /// buffer of any size; otherwise the bound plus the replay in flight.
+    fn fits(&self, len: usize) -> bool {
+        let queued = self.queued.get();
+        queued == 0 || queued + len <= self.limit + self.replay_unwritten()
+    }
+
     fn enqueue(&self, buf: Bytes) {
         self.queued.set(self.queued.get() + buf.len());
+        self.enqueued.set(self.enqueued.get() + buf.len() as u64);
         let mut queue = self.queue.borrow_mut();
         // The writer waits only on an empty queue: only that transition
         // needs a wake-up, not every delivery.
@@ -121,7 +145,7 @@ impl Outbox {
         if buf.is_empty() {
             return Ok(());
         }
-        if self.queued.get() > 0 && self.queued.get() + buf.len() > self.limit + self.replay.get() {
+        if !self.fits(buf.len()) {
             return Err(PushError::Full);
         }
         self.enqueue(buf);
@@ -176,11 +200,13 @@ impl Outbox {
         if self.state.get() != State::Open {
             return Err(PushError::Closed);
         }
-        if self.replay.get() + frame.len() > allowance {
+        let unwritten = self.replay_unwritten();
+        if unwritten + frame.len() > allowance {
             return self.try_push(frame);
         }
-        self.replay.set(self.replay.get() + frame.len());
+        self.replay.set(unwritten + frame.len());
         self.enqueue(frame);
+        self.replay_end.set(self.enqueued.get());
         Ok(())
     }
 
@@ -204,19 +230,20 @@ impl Outbox {
                 return Ok(Pushed::Held);
             }
             drop(held);
-            return match self.try_push(frame.clone()) {
-                Ok(()) => Ok(Pushed::Queued),
-                Err(PushError::Full) => {
-                    self.held.borrow_mut().push(Held {
-                        topic: topic.clone(),
-                        first: seq,
-                        seq,
-                        frame,
-                    });
-                    Ok(Pushed::Held)
-                }
-                Err(e) => Err(e),
-            };
+            if self.state.get() != State::Open {
+                return Err(PushError::Closed);
+            }
+            if self.fits(frame.len()) {
+                self.enqueue(frame);
+                return Ok(Pushed::Queued);
+            }
+            self.held.borrow_mut().push(Held {
+                topic: topic.clone(),
+                first: seq,
+                seq,
+                frame,
+            });
+            return Ok(Pushed::Held);
         }
         self.try_push(frame).map(|()| Pushed::Queued)
     }
@@ -231,6 +258,10 @@ impl Outbox {
         let dropped: usize = q.iter().map(Bytes::len).sum();
         q.clear();
         self.queued.set(self.queued.get().saturating_sub(dropped));
+        // Dropped bytes will never be written: the stream ends before them.
+        self.enqueued.set(self.enqueued.get() - dropped as u64);
+        self.replay_end
+            .set(self.replay_end.get().min(self.enqueued.get()));
         self.held.borrow_mut().clear();
     }
 
@@ -280,7 +311,7 @@ impl Outbox {
             if self.state.get() != State::Open {
                 return false;
             }
-            if self.queued.get() == 0 || self.queued.get() + len <= self.limit + self.replay.get() {
+            if self.fits(len) {
                 self.enqueue(head);
                 if let Some(p) = payload {
                     self.enqueue(p);
@@ -322,8 +353,7 @@ impl Outbox {
     /// The writer finished writing `bytes` of what it took.
     pub fn written(&self, bytes: usize) {
         self.queued.set(self.queued.get().saturating_sub(bytes));
-        // Replay bytes went in first, so they are written first.
-        self.replay.set(self.replay.get().saturating_sub(bytes));
+        self.written.set(self.written.get() + bytes as u64);
         if self.is_empty() {
             self.control.set(0);
         }
@@ -436,6 +466,27 @@ mod tests {
             ]
         );
         assert_eq!(o.held_topics(), 0);
+    }
+
+    /// A live frame queued ahead of a replay is written first; that must
+    /// not use up the replay's allowance while the replay is still queued.
+    #[test]
+    fn writing_what_was_ahead_of_a_replay_keeps_its_allowance() {
+        let o = Outbox::new(100);
+        o.try_push(b(80)).unwrap();
+        for _ in 0..4 {
+            o.push_replay(b(50), 500).unwrap();
+        }
+        let mut first = Vec::new();
+        o.take_batch(&mut first, 1);
+        o.written(first[0].len());
+        // 200 replay bytes still queued: a live 90 fits in 100 + 200.
+        assert_eq!(o.try_push(b(90)), Ok(()));
+        assert_eq!(o.try_push(b(20)), Err(PushError::Full));
+        // Once the replay is written the plain bound is back.
+        drain(&o);
+        o.try_push(b(60)).unwrap();
+        assert_eq!(o.try_push(b(60)), Err(PushError::Full));
     }
 
     #[test]
