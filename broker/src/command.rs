@@ -99,13 +99,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// The sub-slice of `frame` that `raw` borrows.
-fn slice_of(frame: &Bytes, raw: &RawValue) -> Bytes {
-    let s = raw.get().as_bytes();
-    let start = s.as_ptr() as usize - frame.as_ptr() as usize;
-    frame.slice(start..start + s.len())
-}
-
 /// Parses one command from a text frame's payload (already valid UTF-8).
 pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
     let fail = |code, message: &str, id: Option<Id>| CommandError {
@@ -141,7 +134,7 @@ pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
                     None,
                 ));
             }
-            Some(Id(slice_of(frame, raw)))
+            Some(Id(frame.slice_ref(raw.get().as_bytes())))
         }
     };
     let string_field = |raw: Option<&RawValue>, name: &str| -> Result<String, CommandError> {
@@ -193,7 +186,7 @@ pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
                 .ok_or_else(|| fail(ErrorCode::BadRequest, "missing field \"data\"", id.clone()))?;
             Ok(Command::Publish {
                 topic,
-                data: slice_of(frame, data),
+                data: frame.slice_ref(data.get().as_bytes()),
                 id,
             })
         }

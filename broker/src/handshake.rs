@@ -209,12 +209,8 @@ impl ClientHandshake {
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value.trim_ascii())
         };
-        let token = |name: &str, t: &str| {
-            get(name).is_some_and(|v| {
-                v.split(|&b| b == b',')
-                    .any(|x| x.trim_ascii().eq_ignore_ascii_case(t.as_bytes()))
-            })
-        };
+        let token =
+            |name: &str, t: &str| get(name).is_some_and(|v| crate::http::list_has_token(v, t));
         if !token("upgrade", "websocket") || !token("connection", "upgrade") {
             return Err(HttpError::NotAnUpgrade);
         }

@@ -69,11 +69,16 @@ impl Request {
     /// Whether any header `name` holds `token` in its comma-separated list
     /// (case-insensitive), as `Connection: keep-alive, Upgrade` does.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers_named(name).any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        self.headers_named(name).any(|v| list_has_token(v, token))
     }
+}
+
+/// Whether a comma-separated header value (`keep-alive, Upgrade`) holds
+/// `token`, case-insensitively. Shared by requests, responses and clients.
+pub fn list_has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Finds the end of a head: the index just past the blank line. Accepts
