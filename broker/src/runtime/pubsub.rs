@@ -22,6 +22,7 @@
 //! through a local queue so a handler never re-enters another.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -112,8 +113,9 @@ struct Local {
 /// A topic as seen by its owner.
 struct Owned {
     log: TopicLog,
-    interested: Vec<bool>,
-    n_interested: usize,
+    /// The shards with subscribers to it, each once: a publish visits only
+    /// these.
+    interested: Vec<usize>,
 }
 
 enum Pending {
@@ -224,75 +226,63 @@ impl PubSub {
 
     // ---- owner side -------------------------------------------------------
 
+    /// The owner's entry for `topic`, created unless this shard already
+    /// owns `--max-topics` topics.
+    fn owned_entry<'a>(
+        &self,
+        owned: &'a mut HashMap<Arc<str>, Owned, RandomState>,
+        topic: &Arc<str>,
+    ) -> Result<&'a mut Owned, ErrorCode> {
+        let full = owned.len() >= self.config.max_topics;
+        match owned.entry(topic.clone()) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(_) if full => Err(ErrorCode::Limit),
+            Entry::Vacant(e) => Ok(e.insert(Owned::new())),
+        }
+    }
+
     fn owner_publish(&self, topic: Arc<str>, data: Bytes, from: usize, token: usize) {
-        let result = {
-            let mut owned = self.owned.borrow_mut();
-            if !owned.contains_key(&*topic) && owned.len() >= self.config.max_topics {
-                Err(ErrorCode::Limit)
-            } else {
-                let key = match owned.get_key_value(&*topic) {
-                    Some((k, _)) => k.clone(),
-                    None => topic.clone(),
-                };
-                let t = owned
-                    .entry(key.clone())
-                    .or_insert_with(|| Owned::new(self.shards));
-                let (seq, frame) = t.log.publish(&key, &data, self.config.history_limits());
-                // Remote shards first (mesh.send touches no pub/sub state).
-                for (dst, _) in t
-                    .interested
-                    .iter()
-                    .enumerate()
-                    .filter(|(d, i)| **i && *d != self.id)
-                {
-                    self.mesh.send(
-                        dst,
-                        Msg::Deliver {
-                            topic: key.clone(),
-                            seq,
-                            frame: frame.clone(),
-                        },
-                    );
-                }
-                let here = t.interested[self.id];
-                if t.n_interested == 0 && t.log.is_empty() {
-                    owned.remove(&*key);
-                }
-                self.m().topics.set(owned.len() as i64);
-                Ok((key, seq, frame, here))
+        let mut owned = self.owned.borrow_mut();
+        let published = self.owned_entry(&mut owned, &topic).map(|t| {
+            let (seq, frame) = t.log.publish(&topic, &data, self.config.history_limits());
+            // Remote shards first (mesh.send touches no pub/sub state).
+            for &dst in t.interested.iter().filter(|&&d| d != self.id) {
+                self.mesh.send(
+                    dst,
+                    Msg::Deliver {
+                        topic: topic.clone(),
+                        seq,
+                        frame: frame.clone(),
+                    },
+                );
             }
-        };
-        let ack = match result {
-            Ok((key, seq, frame, here)) => {
-                self.m().published.inc();
-                if here {
-                    self.deliver_local(&key, seq, &frame);
-                }
-                Ok(seq)
+            (seq, frame, t.interested.contains(&self.id), t.idle())
+        });
+        if let Ok((_, _, _, true)) = published {
+            owned.remove(&*topic);
+        }
+        self.m().topics.set(owned.len() as i64);
+        drop(owned);
+        let ack = published.map(|(seq, frame, here, _)| {
+            self.m().published.inc();
+            if here {
+                self.deliver_local(&topic, seq, &frame);
             }
-            Err(e) => Err(e),
-        };
+            seq
+        });
         self.route(from, Msg::PubAck { token, result: ack });
     }
 
     fn owner_subscribe(&self, topic: Arc<str>, from: usize, token: usize, since: Option<u64>) {
-        let result = {
-            let mut owned = self.owned.borrow_mut();
-            if !owned.contains_key(&*topic) && owned.len() >= self.config.max_topics {
-                Err(ErrorCode::Limit)
-            } else {
-                let t = owned
-                    .entry(topic.clone())
-                    .or_insert_with(|| Owned::new(self.shards));
-                if !t.interested[from] {
-                    t.interested[from] = true;
-                    t.n_interested += 1;
-                }
-                let replay = since.map(|s| t.log.replay(s));
-                self.m().topics.set(owned.len() as i64);
-                Ok(replay)
+        let mut owned = self.owned.borrow_mut();
+        let result = self.owned_entry(&mut owned, &topic).map(|t| {
+            if !t.interested.contains(&from) {
+                t.interested.push(from);
             }
-        };
+            since.map(|s| t.log.replay(s))
+        });
+        self.m().topics.set(owned.len() as i64);
+        drop(owned);
         self.route(
             from,
             Msg::SubAck {
@@ -306,11 +296,8 @@ impl PubSub {
     fn owner_unsubscribe(&self, topic: &str, from: usize) {
         let mut owned = self.owned.borrow_mut();
         if let Some(t) = owned.get_mut(topic) {
-            if t.interested[from] {
-                t.interested[from] = false;
-                t.n_interested -= 1;
-            }
-            if t.n_interested == 0 && t.log.is_empty() {
+            t.interested.retain(|&d| d != from);
+            if t.idle() {
                 owned.remove(topic);
             }
         }
@@ -718,11 +705,15 @@ fn set_state(conn: &Conn, topic: &str, state: SubState) {
 }
 
 impl Owned {
-    fn new(shards: usize) -> Self {
+    fn new() -> Self {
         Owned {
             log: TopicLog::new(),
-            interested: vec![false; shards],
-            n_interested: 0,
+            interested: Vec::new(),
         }
+    }
+
+    /// Nothing to keep: no shard interested and nothing retained.
+    fn idle(&self) -> bool {
+        self.interested.is_empty() && self.log.is_empty()
     }
 }
