@@ -243,6 +243,17 @@ impl RawWs {
 
     /// Reads the next frame: (fin, opcode, payload). `None` if the server
     /// closed the TCP connection first.
+    /// The next text message, parsed as JSON (control frames skipped).
+    pub fn next_json(&mut self) -> serde_json::Value {
+        loop {
+            match self.read_frame() {
+                Some((_, OpCode::Text, p)) => return serde_json::from_slice(&p).unwrap(),
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for a text message"),
+            }
+        }
+    }
+
     pub fn read_frame(&mut self) -> Option<(bool, OpCode, Vec<u8>)> {
         loop {
             if let Some((h, n)) =
@@ -428,6 +439,12 @@ impl HttpConn {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// `GET path`, keeping the connection alive; returns the response.
+    pub fn get(&mut self, path: &str) -> HttpResponse {
+        self.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.read_response().expect("a response")
+    }
+
     /// `POST path` with `Content-Length`, keeping the connection alive;
     /// returns the response.
     pub fn post(&mut self, path: &str, body: &[u8]) -> HttpResponse {
@@ -512,5 +529,33 @@ impl HttpConn {
             "expected the server to close, got more bytes: {:?}",
             String::from_utf8_lossy(&self.buf)
         );
+    }
+}
+
+/// Sums every sample of metric `name` (across shards) whose labels contain
+/// `label` ("" for all), from `GET /metrics`.
+pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> i64 {
+    let r = HttpConn::connect(addr).get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    metric_sum_in(&r.body_text(), name, label)
+}
+
+/// [`metric_sum`] over an already scraped text.
+pub fn metric_sum_in(text: &str, name: &str, label: &str) -> i64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v.parse::<i64>().unwrap())
+        .sum()
+}
+
+/// Waits until `f` holds, failing after [`IO_TIMEOUT`]: for state the
+/// broker reaches asynchronously (a liveness bound, not a timing check).
+pub fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + IO_TIMEOUT;
+    while !f() {
+        assert!(std::time::Instant::now() < end, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

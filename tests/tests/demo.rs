@@ -4,31 +4,16 @@
 use std::io::Read;
 
 use ringcast::frame::OpCode;
-use ringcast_e2e::{tcp, Broker, HttpConn, HttpResponse, RawWs};
+use ringcast_e2e::{tcp, Broker, HttpConn, RawWs};
 use serde_json::Value;
 
 const SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "NVDA", "SAP", "ASML"];
-
-fn get(conn: &mut HttpConn, path: &str) -> HttpResponse {
-    conn.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-    conn.read_response().expect("a response")
-}
-
-fn text(ws: &mut RawWs) -> Value {
-    loop {
-        match ws.read_frame() {
-            Some((_, OpCode::Text, p)) => return serde_json::from_slice(&p).unwrap(),
-            Some(_) => continue,
-            None => panic!("connection closed"),
-        }
-    }
-}
 
 #[test]
 fn the_page_is_served_at_root_and_self_contained() {
     let broker = Broker::start(&["--shards", "2"]);
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/");
+    let r = c.get("/");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(r.header("connection"), Some("keep-alive"));
@@ -55,9 +40,9 @@ fn the_page_is_served_at_root_and_self_contained() {
     }
     // Kept alive like the other routes: the next request on the same
     // connection is served.
-    assert_eq!(get(&mut c, "/healthz").status, 200);
+    assert_eq!(c.get("/healthz").status, 200);
     // Query strings (the transport switch) select the same page.
-    assert_eq!(get(&mut c, "/?transport=sse").body, r.body);
+    assert_eq!(c.get("/?transport=sse").body, r.body);
 }
 
 #[test]
@@ -83,7 +68,7 @@ fn demo_feeds_ticks_with_consecutive_seqs_and_the_documented_shape() {
         OpCode::Text,
         br#"{"op":"subscribe","topic":"demo.ticker","since":0,"id":1}"#,
     );
-    let sub = text(&mut ws);
+    let sub = ws.next_json();
     assert_eq!(
         (sub["op"].as_str(), sub["id"].as_u64()),
         (Some("subscribed"), Some(1))
@@ -92,7 +77,7 @@ fn demo_feeds_ticks_with_consecutive_seqs_and_the_documented_shape() {
     let mut symbols = std::collections::HashSet::new();
     // The replay from seq 1, then live ticks (the harness bounds each read).
     while seqs.len() < 30 {
-        let m = text(&mut ws);
+        let m = ws.next_json();
         assert_eq!(
             (m["op"].as_str(), m["topic"].as_str()),
             (Some("message"), Some("demo.ticker"))
@@ -134,10 +119,7 @@ fn demo_feeds_seat_counts_on_the_documented_topic() {
             std::time::Instant::now() < end,
             "the feeder published only {seen:?} in 30 s"
         );
-        let r = get(
-            &mut c,
-            &format!("/poll/demo.seats?since={since}&timeout_ms=5000"),
-        );
+        let r = c.get(&format!("/poll/demo.seats?since={since}&timeout_ms=5000"));
         assert_eq!(r.status, 200);
         for m in r.json().as_array().unwrap() {
             assert_eq!(m["op"], "message", "{m}");
@@ -194,7 +176,7 @@ fn demo_is_set_by_flag_variable_or_file_and_printed() {
 fn without_demo_nothing_is_fed() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/poll/demo.ticker?since=0&timeout_ms=300");
+    let r = c.get("/poll/demo.ticker?since=0&timeout_ms=300");
     assert_eq!((r.status, r.body_text().as_str()), (200, "[]"));
 }
 
@@ -207,13 +189,10 @@ fn epochs(broker: &Broker) -> [String; 4] {
         OpCode::Text,
         br#"{"op":"subscribe","topic":"e.t","since":0}"#,
     );
-    let sub = text(&mut ws);
+    let sub = ws.next_json();
     assert_eq!(sub["op"], "subscribed");
     let on_ws = sub["epoch"].as_str().unwrap().to_string();
-    let r = get(
-        &mut HttpConn::connect(broker.addr),
-        "/poll/e.t?timeout_ms=0",
-    );
+    let r = HttpConn::connect(broker.addr).get("/poll/e.t?timeout_ms=0");
     let on_poll = r.header("ringcast-epoch").unwrap().to_string();
     let mut sse = tcp(broker.addr);
     std::io::Write::write_all(&mut sse, b"GET /sse/e.t HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();

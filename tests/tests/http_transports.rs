@@ -5,13 +5,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringcast_e2e::{tcp, Broker, HttpConn, HttpResponse};
+use ringcast_e2e::{metric_sum, tcp, wait_until, Broker, HttpConn};
 use serde_json::Value;
-
-fn get(conn: &mut HttpConn, path: &str) -> HttpResponse {
-    conn.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-    conn.read_response().expect("a response")
-}
 
 fn publish(addr: SocketAddr, topic: &str, data: &str) -> u64 {
     let r = HttpConn::connect(addr).post(&format!("/publish/{topic}"), data.as_bytes());
@@ -35,7 +30,7 @@ fn poll_answers_at_once_with_what_is_retained() {
         assert_eq!(publish(broker.addr, "p.now", &format!("{{\"n\": {i}}}")), i);
     }
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/poll/p.now?since=0&timeout_ms=0");
+    let r = c.get("/poll/p.now?since=0&timeout_ms=0");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let epoch = r.header("ringcast-epoch").expect("Ringcast-Epoch header");
@@ -50,10 +45,10 @@ fn poll_answers_at_once_with_what_is_retained() {
         r.body_text()
     );
     // Same keep-alive connection: only what is newer than `since`.
-    let v = get(&mut c, "/poll/p.now?since=2&timeout_ms=0").json();
+    let v = c.get("/poll/p.now?since=2&timeout_ms=0").json();
     assert_eq!(seqs(&v), [3]);
     // Short poll with nothing new: an empty array at once.
-    assert_eq!(get(&mut c, "/poll/p.now?since=3&timeout_ms=0").body, b"[]");
+    assert_eq!(c.get("/poll/p.now?since=3&timeout_ms=0").body, b"[]");
 }
 
 #[test]
@@ -63,10 +58,7 @@ fn long_poll_is_held_until_a_message_arrives() {
     publish(addr, "p.held", "1");
     let waiter = std::thread::spawn(move || {
         // 60 s: only a publish can end it before the harness' 10 s read timeout.
-        get(
-            &mut HttpConn::connect(addr),
-            "/poll/p.held?since=1&timeout_ms=60000",
-        )
+        HttpConn::connect(addr).get("/poll/p.held?since=1&timeout_ms=60000")
     });
     std::thread::sleep(Duration::from_millis(200));
     assert!(!waiter.is_finished(), "the poll must wait for a message");
@@ -84,7 +76,7 @@ fn long_poll_is_held_until_a_message_arrives() {
 fn a_poll_is_held_past_the_request_deadline() {
     let broker = Broker::start(&["--shards", "1", "--handshake-timeout", "1s"]);
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/poll/p.held?timeout_ms=2500");
+    let r = c.get("/poll/p.held?timeout_ms=2500");
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), serde_json::json!([]));
     let addr = broker.addr;
@@ -92,7 +84,7 @@ fn a_poll_is_held_past_the_request_deadline() {
         std::thread::sleep(Duration::from_millis(1500));
         publish(addr, "p.held", "7")
     });
-    let r = get(&mut c, "/poll/p.held?since=0&timeout_ms=5000");
+    let r = c.get("/poll/p.held?since=0&timeout_ms=5000");
     assert_eq!(seqs(&r.json()), [1], "the same keep-alive connection");
     assert_eq!(publisher.join().unwrap(), 1);
 }
@@ -101,12 +93,12 @@ fn a_poll_is_held_past_the_request_deadline() {
 fn long_poll_times_out_with_an_empty_array() {
     let broker = Broker::start(&["--shards", "2"]);
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/poll/p.quiet?since=0&timeout_ms=200");
+    let r = c.get("/poll/p.quiet?since=0&timeout_ms=200");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"[]"[..]));
     // The connection is still usable.
     publish(broker.addr, "p.quiet", "7");
     assert_eq!(
-        seqs(&get(&mut c, "/poll/p.quiet?since=0&timeout_ms=0").json()),
+        seqs(&c.get("/poll/p.quiet?since=0&timeout_ms=0").json()),
         [1]
     );
 }
@@ -161,7 +153,7 @@ fn a_poller_far_behind_pages_through_the_history() {
     let mut c = HttpConn::connect(broker.addr);
     let (mut since, mut got, mut answers) = (0, Vec::new(), 0);
     while since < 40 {
-        let r = get(&mut c, &format!("/poll/p.page?since={since}&timeout_ms=0"));
+        let r = c.get(&format!("/poll/p.page?since={since}&timeout_ms=0"));
         assert!(r.body.len() <= 64 * 1024, "{}", r.body.len());
         let s = seqs(&r.json());
         assert!(!s.is_empty());
@@ -179,11 +171,9 @@ fn poll_reports_a_gap_before_what_is_retained() {
     for i in 0..5 {
         publish(broker.addr, "p.gap", &i.to_string());
     }
-    let v = get(
-        &mut HttpConn::connect(broker.addr),
-        "/poll/p.gap?since=0&timeout_ms=0",
-    )
-    .json();
+    let v = HttpConn::connect(broker.addr)
+        .get("/poll/p.gap?since=0&timeout_ms=0")
+        .json();
     assert_eq!(v[0]["op"], "gap");
     assert_eq!(
         (v[0]["since"].as_u64(), v[0]["first_seq"].as_u64()),
@@ -204,7 +194,7 @@ fn poll_errors_are_clear() {
         ("/poll/bad%20topic", "bad_topic"),
         ("/poll/a..b", "bad_topic"),
     ] {
-        let r = get(&mut c, path);
+        let r = c.get(path);
         assert_eq!(r.status, 400, "{path}");
         assert_eq!(r.json()["code"], code, "{path}");
     }
@@ -212,25 +202,6 @@ fn poll_errors_are_clear() {
     c.send_raw(b"POST /poll/p.e HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     let r = c.read_response().unwrap();
     assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
-}
-
-/// `ringcast_polls_held`, summed over shards.
-fn polls_held(addr: SocketAddr) -> u64 {
-    get(&mut HttpConn::connect(addr), "/metrics")
-        .body_text()
-        .lines()
-        .filter(|l| l.starts_with("ringcast_polls_held{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// Waits (at most 10 s) until `f` holds.
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(std::time::Instant::now() < end, "never: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A held poll whose client leaves is freed at once, not when its 60 s
@@ -243,30 +214,31 @@ fn a_client_that_leaves_mid_hold_frees_it_at_once() {
 
     let mut gone = tcp(addr);
     gone.write_all(req).unwrap();
-    wait_until("the poll is held", || polls_held(addr) == 1);
+    wait_until("the poll is held", || {
+        metric_sum(addr, "ringcast_polls_held", "") == 1
+    });
     drop(gone);
     wait_until("the hold is freed well before 60 s", || {
-        polls_held(addr) == 0
+        metric_sum(addr, "ringcast_polls_held", "") == 0
     });
 
     let mut half = tcp(addr);
     half.write_all(req).unwrap();
-    wait_until("the poll is held", || polls_held(addr) == 1);
+    wait_until("the poll is held", || {
+        metric_sum(addr, "ringcast_polls_held", "") == 1
+    });
     half.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = String::new();
     half.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("Connection: close"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n[]"), "{answer}");
-    assert_eq!(polls_held(addr), 0);
+    assert_eq!(metric_sum(addr, "ringcast_polls_held", ""), 0);
 
     // Nothing of them is left subscribed: a publish reaches a new poller
     // as seq 1 and nobody else.
     assert_eq!(publish(addr, "p.gone", "1"), 1);
-    let r = get(
-        &mut HttpConn::connect(addr),
-        "/poll/p.gone?since=0&timeout_ms=0",
-    );
+    let r = HttpConn::connect(addr).get("/poll/p.gone?since=0&timeout_ms=0");
     assert_eq!(seqs(&r.json()), [1]);
 }
 
@@ -278,19 +250,15 @@ fn held_polls_are_bounded_per_shard() {
     let holders: Vec<_> = (0..2)
         .map(|_| {
             std::thread::spawn(move || {
-                get(
-                    &mut HttpConn::connect(addr),
-                    "/poll/p.b?since=0&timeout_ms=60000",
-                )
+                HttpConn::connect(addr).get("/poll/p.b?since=0&timeout_ms=60000")
             })
         })
         .collect();
-    wait_until("both polls are held", || polls_held(addr) == 2);
+    wait_until("both polls are held", || {
+        metric_sum(addr, "ringcast_polls_held", "") == 2
+    });
     // ...and the next one is refused at once.
-    let refused = get(
-        &mut HttpConn::connect(addr),
-        "/poll/p.b?since=0&timeout_ms=100",
-    );
+    let refused = HttpConn::connect(addr).get("/poll/p.b?since=0&timeout_ms=100");
     assert_eq!(refused.status, 503);
     assert!(refused.body_text().contains("too many held polls"));
     publish(addr, "p.b", "1");
@@ -314,10 +282,7 @@ fn long_polling_clients_see_every_message_once() {
                 let mut c = HttpConn::connect(addr);
                 let (mut since, mut got) = (0u64, Vec::new());
                 while since < N {
-                    let r = get(
-                        &mut c,
-                        &format!("/poll/{topic}?since={since}&timeout_ms=5000"),
-                    );
+                    let r = c.get(&format!("/poll/{topic}?since={since}&timeout_ms=5000"));
                     assert_eq!(r.status, 200);
                     for s in seqs(&r.json()) {
                         got.push(s);
@@ -493,7 +458,7 @@ fn sse_gap_and_heartbeat_events() {
 fn sse_errors_are_clear() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut c = HttpConn::connect(broker.addr);
-    let r = get(&mut c, "/sse/bad%20topic");
+    let r = c.get("/sse/bad%20topic");
     assert_eq!(
         (r.status, r.json()["code"].as_str()),
         (400, Some("bad_topic"))

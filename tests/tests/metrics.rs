@@ -3,17 +3,7 @@
 use std::collections::HashMap;
 
 use ringcast::frame::OpCode;
-use ringcast_e2e::{http_exchange, Broker, HttpConn, RawWs};
-
-/// Sums every sample of `name` (across shards) whose labels contain `label`.
-fn sum(text: &str, name: &str, label: &str) -> i64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
-        .map(|(_, v)| v.parse::<i64>().unwrap())
-        .sum()
-}
+use ringcast_e2e::{http_exchange, metric_sum_in, Broker, HttpConn, RawWs};
 
 fn scrape(broker: &Broker) -> String {
     let resp = http_exchange(broker.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -26,23 +16,13 @@ fn scrape(broker: &Broker) -> String {
     body.to_string()
 }
 
-fn text(ws: &mut RawWs) -> serde_json::Value {
-    loop {
-        match ws.read_frame() {
-            Some((_, OpCode::Text, p)) => return serde_json::from_slice(&p).unwrap(),
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
-}
-
 #[test]
 fn metrics_follow_the_traffic() {
     let broker = Broker::start(&["--shards", "4"]);
     let mut subs: Vec<RawWs> = (0..5).map(|_| RawWs::connect(broker.addr, "/ws")).collect();
     for s in &mut subs {
         s.send_frame(true, OpCode::Text, br#"{"op":"subscribe","topic":"m.t"}"#);
-        assert_eq!(text(s)["op"], "subscribed");
+        assert_eq!(s.next_json()["op"], "subscribed");
     }
     let mut echo = RawWs::connect(broker.addr, "/echo");
     let mut http = HttpConn::connect(broker.addr);
@@ -54,7 +34,7 @@ fn metrics_follow_the_traffic() {
     }
     for s in &mut subs {
         for _ in 0..3 {
-            assert_eq!(text(s)["op"], "message");
+            assert_eq!(s.next_json()["op"], "message");
         }
     }
     http_exchange(broker.addr, b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -87,11 +67,15 @@ fn metrics_follow_the_traffic() {
     .into_iter()
     .collect();
     for ((name, label), want) in &expect {
-        assert_eq!(sum(&m, name, label), *want, "{name}{{{label}}} in\n{m}");
+        assert_eq!(
+            metric_sum_in(&m, name, label),
+            *want,
+            "{name}{{{label}}} in\n{m}"
+        );
     }
-    assert!(sum(&m, "ringcast_connections_accepted_total", "") >= 10);
-    assert!(sum(&m, "ringcast_bytes_in_total", "") > 0);
-    assert!(sum(&m, "ringcast_bytes_out_total", "") > 0);
+    assert!(metric_sum_in(&m, "ringcast_connections_accepted_total", "") >= 10);
+    assert!(metric_sum_in(&m, "ringcast_bytes_in_total", "") > 0);
+    assert!(metric_sum_in(&m, "ringcast_bytes_out_total", "") > 0);
     // Every family has HELP and TYPE.
     for family in [
         "ringcast_connections",
@@ -110,21 +94,25 @@ fn metrics_follow_the_traffic() {
     let mut settled = String::new();
     for _ in 0..100 {
         settled = scrape(&broker);
-        if sum(&settled, "ringcast_subscriptions", "") == 0
-            && sum(&settled, "ringcast_connections", "transport=\"websocket\"") == 0
-            && sum(&settled, "ringcast_connections", "transport=\"echo\"") == 0
+        if metric_sum_in(&settled, "ringcast_subscriptions", "") == 0
+            && metric_sum_in(&settled, "ringcast_connections", "transport=\"websocket\"") == 0
+            && metric_sum_in(&settled, "ringcast_connections", "transport=\"echo\"") == 0
         {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(sum(&settled, "ringcast_subscriptions", ""), 0, "{settled}");
     assert_eq!(
-        sum(&settled, "ringcast_connections", "transport=\"websocket\""),
+        metric_sum_in(&settled, "ringcast_subscriptions", ""),
+        0,
+        "{settled}"
+    );
+    assert_eq!(
+        metric_sum_in(&settled, "ringcast_connections", "transport=\"websocket\""),
         0
     );
     assert_eq!(
-        sum(&settled, "ringcast_connections", "transport=\"echo\""),
+        metric_sum_in(&settled, "ringcast_connections", "transport=\"echo\""),
         0
     );
 }

@@ -872,6 +872,12 @@ async fn disconnected_subscribers_are_cleaned_up() {
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        // The churned connections left nothing behind: only the fresh
+        // subscriptions remain.
+        let want = 2 * TOPICS as i64;
+        ringcast_e2e::wait_until("only the live subscriptions remain", || {
+            ringcast_e2e::metric_sum(addr, "ringcast_subscriptions", "") == want
+        });
     })
     .await;
 }
