@@ -184,6 +184,13 @@ impl PubSub {
         if dst != self.id {
             return self.mesh.send(dst, msg);
         }
+        self.handle(msg);
+    }
+
+    /// Handles a message from another shard or this one, after the handler
+    /// running now (if any) returns: a handler never re-enters another,
+    /// whichever way its message came.
+    pub fn handle(&self, msg: Msg) {
         self.queue.borrow_mut().push_back(msg);
         if self.draining.replace(true) {
             return;
@@ -191,15 +198,14 @@ impl PubSub {
         loop {
             let next = self.queue.borrow_mut().pop_front();
             match next {
-                Some(m) => self.handle(m),
+                Some(m) => self.dispatch(m),
                 None => break,
             }
         }
         self.draining.set(false);
     }
 
-    /// Handles a message from another shard (or, via `route`, this one).
-    pub fn handle(&self, msg: Msg) {
+    fn dispatch(&self, msg: Msg) {
         match msg {
             Msg::Publish {
                 topic,
