@@ -97,8 +97,10 @@ enum Endpoint {
 
 /// State shared by a connection's reader, writer and its shard.
 pub struct Conn {
-    pub stream: Rc<TcpStream>,
-    pub outbox: Rc<Outbox>,
+    pub stream: TcpStream,
+    /// Inline, not behind its own `Rc`: every delivery touches it, and the
+    /// `Conn` is already shared.
+    pub outbox: Outbox,
     pub ws: RefCell<Option<WebSocket>>,
     pub phase: Cell<Phase>,
     /// When the sweeper shuts the socket down regardless (request and
@@ -131,8 +133,8 @@ pub struct Conn {
 impl Conn {
     pub fn new(stream: TcpStream, outbox_limit: usize, deadline: Instant) -> Conn {
         Conn {
-            stream: Rc::new(stream),
-            outbox: Rc::new(Outbox::new(outbox_limit)),
+            stream,
+            outbox: Outbox::new(outbox_limit),
             ws: RefCell::new(None),
             phase: Cell::new(Phase::Http),
             deadline: Cell::new(Some(deadline)),

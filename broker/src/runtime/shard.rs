@@ -102,7 +102,7 @@ impl Shard {
             let shard = self.clone();
             let conn = conn.clone();
             async move {
-                run_writer(conn.stream.clone(), conn.outbox.clone(), shard.metrics()).await;
+                run_writer(&conn.stream, &conn.outbox, shard.metrics()).await;
                 shard.task_done(key, &conn);
             }
         };

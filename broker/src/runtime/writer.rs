@@ -9,7 +9,6 @@
 //! memory to every socket.
 
 use std::net::Shutdown;
-use std::rc::Rc;
 
 use bytes::Bytes;
 use tokio_uring::net::TcpStream;
@@ -21,7 +20,7 @@ use crate::outbox::{Outbox, State};
 const MAX_IOVECS: usize = 64;
 
 /// The writer task: drains `outbox` into `stream` until finished or closed.
-pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>, metrics: &ShardMetrics) {
+pub async fn run_writer(stream: &TcpStream, outbox: &Outbox, metrics: &ShardMetrics) {
     let mut iov: Vec<Bytes> = Vec::new();
     loop {
         loop {
@@ -39,7 +38,7 @@ pub async fn run_writer(stream: Rc<TcpStream>, outbox: Rc<Outbox>, metrics: &Sha
         }
         outbox.take_batch(&mut iov, MAX_IOVECS);
         let batch: usize = iov.iter().map(Bytes::len).sum();
-        if !write_all_vectored(&stream, &mut iov).await {
+        if !write_all_vectored(stream, &mut iov).await {
             outbox.close();
             let _ = stream.shutdown(Shutdown::Both);
             return;
