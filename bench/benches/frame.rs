@@ -17,9 +17,9 @@ use std::hint::black_box;
 
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringcast::frame::{encode_frame, OpCode};
-use ringcast::websocket::{Event, Limits, Role, WebSocket};
 use ringcast_bench::{ascii_text, binary, config, label, mixed_text, KEY, SIZES};
+use ringcast_proto::frame::{encode_frame, OpCode};
+use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 
 fn masked_frame(opcode: OpCode, payload: &[u8]) -> BytesMut {
     let mut wire = BytesMut::new();

@@ -12,8 +12,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringcast::mask;
 use ringcast_bench::{binary, config, label, Buf, KEY, SIZES};
+use ringcast_proto::mask;
 
 type MaskFn = fn(&mut [u8], [u8; 4], usize);
 

@@ -6,8 +6,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringcast::utf8::Utf8Validator;
 use ringcast_bench::{ascii_text, config, label, mixed_text, PIECE, SIZES};
+use ringcast_proto::utf8::Utf8Validator;
 
 fn validate_whole(input: &[u8]) -> bool {
     let mut v = Utf8Validator::new();

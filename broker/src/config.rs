@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::http::HeadLimits;
 use crate::topic::HistoryLimits;
-use crate::websocket::Limits;
+use ringcast_proto::http::HeadLimits;
+use ringcast_proto::websocket::Limits;
 
 /// Parses `16MiB`, `64KiB`, `4096`, `1GiB` (also `KB`/`MB`, as binary units).
 pub fn parse_size(s: &str) -> Result<usize, String> {

@@ -11,21 +11,14 @@
 //!   `tokio-uring`: shards, listeners, the per-connection reader and writer
 //!   tasks.
 
-pub mod close;
 pub mod command;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod frame;
-pub mod handshake;
-pub mod http;
-pub mod mask;
 pub mod metrics;
 pub mod outbox;
 pub mod reply;
 pub mod runtime;
 pub mod topic;
-pub mod utf8;
-pub mod websocket;
 
 pub use error::{Error, HttpError, ProtocolError};

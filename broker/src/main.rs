@@ -58,7 +58,10 @@ fn main() -> ExitCode {
         "ringcast {} starting with:\n{config}",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  unmask             {}", ringcast::mask::implementation());
+    println!(
+        "  unmask             {}",
+        ringcast_proto::mask::implementation()
+    );
     let server = match ringcast::runtime::start(config) {
         Ok(s) => s,
         Err(e) => {

@@ -10,8 +10,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::close::CloseCode;
 use crate::error::HttpError;
+use ringcast_proto::close::CloseCode;
 
 /// A monotonically increasing count with a single writer.
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{ErrorCode, Id};
-use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Server headers are unmasked: at most 10 bytes.
 const ROOM: usize = MAX_HEADER_LEN - 4;

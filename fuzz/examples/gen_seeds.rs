@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 
 use bytes::BytesMut;
-use ringcast::frame::{encode_frame, OpCode};
+use ringcast_proto::frame::{encode_frame, OpCode};
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

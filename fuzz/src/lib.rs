@@ -17,17 +17,17 @@
 //! control bytes read as zero, so every input is valid.
 
 use bytes::{Bytes, BytesMut};
-use ringcast::close::{CloseCode, CloseFrame};
+use ringcast_proto::close::{CloseCode, CloseFrame};
 use ringcast::command::{self, Command, Id};
-use ringcast::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use ringcast::handshake::{self, AllowAll, ClientHandshake, StaticPolicy};
-use ringcast::http::{HeadLimits, HeadParser, Request};
-use ringcast::mask;
+use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::handshake::{self, AllowAll, ClientHandshake, StaticPolicy};
+use ringcast_proto::http::{HeadLimits, HeadParser, Request};
+use ringcast_proto::mask;
 use ringcast::reply;
 use ringcast::topic;
-use ringcast::utf8::Utf8Validator;
-use ringcast::websocket::{Event, Limits, Role, WebSocket};
-use ringcast::{HttpError, ProtocolError};
+use ringcast_proto::utf8::Utf8Validator;
+use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
+use ringcast_proto::{HttpError, ProtocolError};
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -110,7 +110,7 @@ pub fn chunks<'a>(sizes: &[u8], payload: &'a [u8]) -> Vec<&'a [u8]> {
 // ---------------------------------------------------------------------------
 // HTTP responses we generate must be well-formed.
 
-/// Checks a complete `Content-Length` response built by `ringcast::http`.
+/// Checks a complete `Content-Length` response built by `ringcast_proto::http`.
 fn check_response(resp: &[u8], status: u16) {
     let text = std::str::from_utf8(resp).expect("responses are UTF-8");
     let status_line = format!("HTTP/1.1 {status} ");

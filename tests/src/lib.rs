@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ringcast::frame::{encode_frame, FrameHeader, OpCode};
-use ringcast::handshake::ClientHandshake;
+use ringcast_proto::frame::{encode_frame, FrameHeader, OpCode};
+use ringcast_proto::handshake::ClientHandshake;
 
 /// Every blocking read in the harness gives up after this long.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);

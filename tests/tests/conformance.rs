@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{client_frame, tcp, Broker, RawWs};
+use ringcast_proto::frame::OpCode;
 
 /// The default `--max-message-size` (and `--max-frame-size`).
 const MAX_MESSAGE: usize = 16 << 20;

@@ -3,8 +3,8 @@
 
 use std::io::Read;
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{tcp, Broker, HttpConn, RawWs};
+use ringcast_proto::frame::OpCode;
 use serde_json::Value;
 
 const SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "NVDA", "SAP", "ASML"];

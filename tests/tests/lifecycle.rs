@@ -11,8 +11,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{broker_binary, tcp, Broker, RawWs};
+use ringcast_proto::frame::OpCode;
 
 /// Upper bound for anything that must "eventually" happen.
 const WAIT: Duration = Duration::from_secs(5);

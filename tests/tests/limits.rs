@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use ringcast::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_e2e::{tcp, Broker, RawWs};
+use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// How long a test waits for a response or an EOF that must come.
 const WAIT: Duration = Duration::from_secs(5);

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{http_exchange, metric_sum_in, Broker, HttpConn, RawWs};
+use ringcast_proto::frame::OpCode;
 
 fn scrape(broker: &Broker) -> String {
     let resp = http_exchange(broker.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");

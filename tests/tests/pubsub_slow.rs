@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{rss_bytes, tcp_with_rcvbuf, Broker, HttpConn, RawWs};
+use ringcast_proto::frame::OpCode;
 use serde_json::Value;
 
 /// Bound on waiting for another thread's progress.

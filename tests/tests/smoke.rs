@@ -1,7 +1,7 @@
 //! The broker starts, upgrades, echoes and answers plain HTTP.
 
-use ringcast::frame::OpCode;
 use ringcast_e2e::{http_exchange, Broker, RawWs};
+use ringcast_proto::frame::OpCode;
 
 #[test]
 fn echo_and_healthz() {

@@ -21,17 +21,17 @@ use tracing::{debug, warn};
 
 use super::pubsub::Sub;
 use super::shard::Shard;
-use crate::close::CloseCode;
 use crate::command::{self, ErrorCode};
 use crate::error::HttpError;
-use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use crate::handshake;
-use crate::http::{response, HeadParser, Request};
 use crate::metrics::{self, Kind};
 use crate::outbox::{Outbox, PushError};
 use crate::reply;
 use crate::topic;
-use crate::websocket::{Event, Role, WebSocket};
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::handshake;
+use ringcast_proto::http::{response, HeadParser, Request};
+use ringcast_proto::websocket::{Event, Role, WebSocket};
 
 /// Reads of at most this much, even while a huge frame is arriving.
 const MAX_READ: usize = 256 * 1024;

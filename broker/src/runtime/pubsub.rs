@@ -36,13 +36,13 @@ use tokio::sync::oneshot;
 use super::conn::{Conn, Transport};
 use super::mesh::Mesh;
 use super::Shared;
-use crate::close::CloseCode;
 use crate::command::{self, Command, ErrorCode, Id};
 use crate::config::{Config, SlowConsumer};
 use crate::metrics::ShardMetrics;
 use crate::outbox::{PushError, Pushed};
 use crate::reply;
 use crate::topic::{Replay, TopicLog};
+use ringcast_proto::close::CloseCode;
 
 /// Fixed seeds: every shard must agree on a topic's owner.
 const OWNER_SEEDS: [u64; 4] = [0x5ca1_ab1e, 0x0dd_ba11, 0xdead_beef, 0xc0ff_ee00];

@@ -24,11 +24,11 @@ use super::mesh::{Inbox, Mesh};
 use super::pubsub::{Msg, PubSub};
 use super::writer::run_writer;
 use super::Shared;
-use crate::close::CloseCode;
 use crate::config::Config;
 use crate::error::HttpError;
-use crate::handshake::StaticPolicy;
 use crate::metrics::{Kind, ShardMetrics};
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::handshake::StaticPolicy;
 
 /// Connections past the limit still get a `503` response, up to this many
 /// extra; beyond that they are closed without a word.

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
-use ringcast::frame::OpCode;
-use ringcast::websocket::Event;
+use ringcast_proto::frame::OpCode;
+use ringcast_proto::websocket::Event;
 
 use super::{spawn_runtime_thread, Common};
 use crate::report::EchoReport;

@@ -54,7 +54,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
                     }
                     head.content_length = Some(n);
                 } else if h.name.eq_ignore_ascii_case("connection") {
-                    head.close = ringcast::http::list_has_token(h.value, "close");
+                    head.close = ringcast_proto::http::list_has_token(h.value, "close");
                 } else if h.name.eq_ignore_ascii_case("content-type") {
                     head.content_type = Some(value.to_string());
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
-use ringcast::http::find_head_end;
+use ringcast_proto::http::find_head_end;
 
 use super::http::{self, parse_head};
 use super::stream::Stream;

@@ -9,10 +9,10 @@
 //! sockets, not ten thousand buffers.
 
 use bytes::{Buf, Bytes};
-use ringcast::close::CloseCode;
-use ringcast::frame::OpCode;
-use ringcast::handshake::ClientHandshake;
-use ringcast::websocket::{Event, Limits, Role, WebSocket};
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::frame::OpCode;
+use ringcast_proto::handshake::ClientHandshake;
+use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 
 use super::stream::Stream;
 use super::{ConnectOpts, Endpoint, PubConn, Result, SubConn, Wire};
