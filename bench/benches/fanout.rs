@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::outbox::Outbox;
-use ringcast::reply;
+use ringcast_core::wire::reply;
 
 fn drain(outboxes: &[Outbox], scratch: &mut Vec<Bytes>) {
     for o in outboxes {

@@ -11,14 +11,11 @@
 //!   `tokio-uring`: shards, listeners, the per-connection reader and writer
 //!   tasks.
 
-pub mod command;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod outbox;
-pub mod reply;
 pub mod runtime;
-pub mod topic;
 
 pub use error::{Error, HttpError, ProtocolError};

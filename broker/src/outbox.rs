@@ -290,9 +290,9 @@ impl Outbox {
         for h in held {
             if h.seq > h.first {
                 self.enqueue(if self.sse.get() {
-                    crate::reply::sse_skipped(&h.topic, h.first, h.seq - 1)
+                    ringcast_core::wire::reply::sse_skipped(&h.topic, h.first, h.seq - 1)
                 } else {
-                    crate::reply::skipped(&h.topic, h.first, h.seq - 1)
+                    ringcast_core::wire::reply::skipped(&h.topic, h.first, h.seq - 1)
                 });
             }
             self.enqueue(h.frame);
@@ -429,7 +429,7 @@ mod tests {
         let t: Arc<str> = Arc::from("ticker.A");
         let u: Arc<str> = Arc::from("ticker.B");
         let o = Outbox::new(200);
-        let frame = |topic: &str, seq| crate::reply::message(topic, seq, &[b'1'; 40]);
+        let frame = |topic: &str, seq| ringcast_core::wire::reply::message(topic, seq, &[b'1'; 40]);
         // Two ~90-byte messages fit in 200 bytes; the rest are conflated.
         for seq in 1..=6 {
             o.push_message(&t, seq, frame("ticker.A", seq), true)
@@ -440,7 +440,9 @@ mod tests {
         assert!(o.queued_bytes() <= 200);
         let text: Vec<String> = drain(&o)
             .iter()
-            .map(|f| String::from_utf8_lossy(&crate::reply::message_json(f)).into_owned())
+            .map(|f| {
+                String::from_utf8_lossy(&ringcast_core::wire::reply::message_json(f)).into_owned()
+            })
             .collect();
         let ops: Vec<String> = text
             .iter()

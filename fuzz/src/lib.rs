@@ -18,13 +18,13 @@
 
 use bytes::{Bytes, BytesMut};
 use ringcast_proto::close::{CloseCode, CloseFrame};
-use ringcast::command::{self, Command, Id};
+use ringcast_core::wire::command::{self, Command, Id};
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake::{self, AllowAll, ClientHandshake, StaticPolicy};
 use ringcast_proto::http::{HeadLimits, HeadParser, Request};
 use ringcast_proto::mask;
-use ringcast::reply;
-use ringcast::topic;
+use ringcast_core::wire::reply;
+use ringcast_core::topic;
 use ringcast_proto::utf8::Utf8Validator;
 use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 use ringcast_proto::{HttpError, ProtocolError};

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ringcast::config::parse_duration;
+use ringcast_core::units::parse_duration;
 use serde::Serialize;
 
 use report::compare::RunReport;

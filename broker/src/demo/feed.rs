@@ -209,7 +209,10 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     fn parse(u: &Update) -> Value {
-        assert!(crate::command::validate_data(&u.data), "broker accepts it");
+        assert!(
+            ringcast_core::wire::command::validate_data(&u.data),
+            "broker accepts it"
+        );
         serde_json::from_slice(&u.data).unwrap()
     }
 

@@ -21,12 +21,12 @@ use tracing::{debug, warn};
 
 use super::pubsub::Sub;
 use super::shard::Shard;
-use crate::command::{self, ErrorCode};
 use crate::error::HttpError;
 use crate::metrics::{self, Kind};
 use crate::outbox::{Outbox, PushError};
-use crate::reply;
-use crate::topic;
+use ringcast_core::topic;
+use ringcast_core::wire::command::{self, ErrorCode};
+use ringcast_core::wire::reply;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake;

@@ -36,12 +36,12 @@ use tokio::sync::oneshot;
 use super::conn::{Conn, Transport};
 use super::mesh::Mesh;
 use super::Shared;
-use crate::command::{self, Command, ErrorCode, Id};
 use crate::config::{Config, SlowConsumer};
 use crate::metrics::ShardMetrics;
 use crate::outbox::{PushError, Pushed};
-use crate::reply;
-use crate::topic::{Replay, TopicLog};
+use ringcast_core::topic::{Replay, TopicLog};
+use ringcast_core::wire::command::{self, Command, ErrorCode, Id};
+use ringcast_core::wire::reply;
 use ringcast_proto::close::CloseCode;
 
 /// Fixed seeds: every shard must agree on a topic's owner.

@@ -138,9 +138,9 @@ impl Shard {
             if conn.phase.get() == Phase::Stream {
                 // SSE: a comment now and then keeps proxies from timing out.
                 if now.saturating_duration_since(conn.last_rx.get()) >= cfg.ping_interval {
-                    let _ = conn
-                        .outbox
-                        .try_push(bytes::Bytes::from_static(crate::reply::SSE_HEARTBEAT));
+                    let _ = conn.outbox.try_push(bytes::Bytes::from_static(
+                        ringcast_core::wire::reply::SSE_HEARTBEAT,
+                    ));
                     conn.last_rx.set(now);
                 }
                 continue;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use ringcast::config::parse_duration;
+use ringcast_core::units::parse_duration;
 
 use super::fanout::{self, FanoutArgs};
 use super::Common;

@@ -27,7 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ringcast::config::parse_duration;
+use ringcast_core::units::parse_duration;
 use tokio::sync::{watch, Semaphore};
 
 use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::reply;
+use crate::wire::reply;
 
 /// Why a topic name was refused; the text goes into the `error` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

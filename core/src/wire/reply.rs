@@ -10,7 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::command::{ErrorCode, Id};
+use crate::wire::command::{ErrorCode, Id};
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Server headers are unmasked: at most 10 bytes.

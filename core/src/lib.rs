@@ -1,0 +1,15 @@
+//! ringcast-core: the pub/sub engine, with no I/O.
+//!
+//! Everything that decides what a subscriber receives lives here: topic
+//! names and their logs (seq, history, epoch), which shard owns a topic,
+//! which shards and connections are interested, per-connection sessions,
+//! the outbox bound and the slow-consumer policy, and every limit. It is
+//! driven from outside in the manner of `quinn-proto`: the runtime hands it
+//! inputs (a command from a connection, a message from another shard, the
+//! time) and carries out what it asks for. There is no clock, no socket, no
+//! thread and no `async` here, so the whole engine, several shards of it,
+//! runs deterministically in one thread under test.
+
+pub mod topic;
+pub mod units;
+pub mod wire;
