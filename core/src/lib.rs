@@ -10,6 +10,21 @@
 //! thread and no `async` here, so the whole engine, several shards of it,
 //! runs deterministically in one thread under test.
 
+pub mod auth;
+pub mod engine;
+pub mod limits;
+pub mod outbox;
+mod owner;
+pub mod route;
+pub mod session;
+pub mod stats;
 pub mod topic;
 pub mod units;
 pub mod wire;
+
+pub use auth::{AllowAll, Authorizer, Credentials, Denied, Grant};
+pub use engine::{Engine, Flow, Output};
+pub use limits::{Limits, SlowConsumer};
+pub use route::{Ack, Msg, Placement, Route, ShardId, Snapshot};
+pub use session::{ConnId, Transport};
+pub use stats::Stats;

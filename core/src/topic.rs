@@ -1,4 +1,4 @@
-//! Topics: their names (../shared/protocol.md, "Topics") and, on the shard
+//! Topics: their names (docs/protocol.md, "Topics") and, on the shard
 //! that owns a topic, its sequence numbers and retained history.
 //!
 //! Names are `[A-Za-z0-9_.:-]`, 1 to 255 bytes, dot-separated non-empty
@@ -6,6 +6,7 @@
 //! is copied into encoded messages as is.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -72,15 +73,23 @@ pub struct Replay {
     pub frames: Vec<(u64, Bytes)>,
 }
 
+/// One retained message: the encoded frame that was sent, and when.
+#[derive(Debug, Clone)]
+struct Retained {
+    seq: u64,
+    at: Instant,
+    frame: Bytes,
+}
+
 /// The owner shard's state of one topic: the last seq assigned and the
 /// retained messages, each stored as the encoded frame that was sent.
 #[derive(Debug)]
 pub struct TopicLog {
     last_seq: u64,
-    history: VecDeque<(u64, Bytes)>,
+    history: VecDeque<Retained>,
     bytes: usize,
     /// The last seq that could not be retained (too big for the byte
-    /// budget): a replay must not skip over it silently.
+    /// budget, expired, evicted): a replay must not skip over it silently.
     unretained: u64,
 }
 
@@ -110,21 +119,31 @@ impl TopicLog {
         self.history.is_empty()
     }
 
+    /// Retained messages and their bytes.
     pub fn retained(&self) -> (usize, usize) {
         (self.history.len(), self.bytes)
     }
 
     /// Assigns the next seq, encodes the message frame once, retains it
     /// within `limits`, and returns both.
-    pub fn publish(&mut self, topic: &str, data: &[u8], limits: HistoryLimits) -> (u64, Bytes) {
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        data: &[u8],
+        limits: HistoryLimits,
+        now: Instant,
+    ) -> (u64, Bytes) {
         self.last_seq += 1;
         let frame = reply::message(topic, self.last_seq, data);
         if limits.max_messages > 0 && frame.len() <= limits.max_bytes {
-            self.history.push_back((self.last_seq, frame.clone()));
+            self.history.push_back(Retained {
+                seq: self.last_seq,
+                at: now,
+                frame: frame.clone(),
+            });
             self.bytes += frame.len();
             while self.history.len() > limits.max_messages || self.bytes > limits.max_bytes {
-                let (_, old) = self.history.pop_front().expect("non-empty");
-                self.bytes -= old.len();
+                self.pop_oldest();
             }
         } else {
             // Not retainable. What is retained stays (so the topic and its
@@ -134,16 +153,53 @@ impl TopicLog {
         (self.last_seq, frame)
     }
 
+    fn pop_oldest(&mut self) -> usize {
+        let old = self.history.pop_front().expect("non-empty");
+        self.bytes -= old.frame.len();
+        old.frame.len()
+    }
+
+    /// Drops the messages retained longer than `ttl`; returns the bytes
+    /// freed. Their seqs are gone, like trimmed ones: a replay from
+    /// before them starts with a `gap`.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut freed = 0;
+        while self
+            .history
+            .front()
+            .is_some_and(|r| now.saturating_duration_since(r.at) >= ttl)
+        {
+            freed += self.pop_oldest();
+        }
+        freed
+    }
+
+    /// When the oldest retained message was published.
+    pub fn oldest_at(&self) -> Option<Instant> {
+        self.history.front().map(|r| r.at)
+    }
+
+    /// Drops the whole history (eviction); returns the bytes freed. The
+    /// seq lives on, and replays from before it report the gap.
+    pub fn clear(&mut self) -> usize {
+        let freed = self.bytes;
+        self.history.clear();
+        self.bytes = 0;
+        self.unretained = self.last_seq;
+        freed
+    }
+
     /// The messages a subscriber that has seen everything up to `since`
     /// is missing, and whether some of them are gone.
     pub fn replay(&self, since: u64) -> Replay {
-        let first_retained = self.history.front().map_or(self.last_seq + 1, |(s, _)| *s);
+        let first_retained = self.history.front().map_or(self.last_seq + 1, |r| r.seq);
+        let all = || self.history.iter().map(|r| (r.seq, r.frame.clone()));
         if since > self.last_seq {
             // The client knows a later seq than exists: the topic was
             // forgotten and restarted. Replay all we have, flagged.
             return Replay {
                 gap: Some(first_retained),
-                frames: self.history.iter().cloned().collect(),
+                frames: all().collect(),
             };
         }
         // Only what follows the newest unretained message can be replayed
@@ -152,16 +208,11 @@ impl TopicLog {
         let first = self
             .history
             .iter()
-            .map(|(s, _)| *s)
+            .map(|r| r.seq)
             .find(|s| *s > from)
             .unwrap_or(self.last_seq + 1);
         let gap = (since + 1 < first).then_some(first);
-        let frames = self
-            .history
-            .iter()
-            .filter(|(s, _)| *s > from)
-            .cloned()
-            .collect();
+        let frames = all().filter(|(s, _)| *s > from).collect();
         Replay { gap, frames }
     }
 }
@@ -195,6 +246,10 @@ mod tests {
         }
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     fn seqs(r: &Replay) -> Vec<u64> {
         r.frames
             .iter()
@@ -213,7 +268,7 @@ mod tests {
             max_bytes: 1 << 20,
         };
         for want in 1..=5 {
-            assert_eq!(log.publish("t", b"1", limits).0, want);
+            assert_eq!(log.publish("t", b"1", limits, now()).0, want);
         }
         assert_eq!(log.last_seq(), 5);
         assert_eq!(log.retained().0, 3);
@@ -227,7 +282,7 @@ mod tests {
             max_bytes: 1 << 20,
         };
         for _ in 0..5 {
-            log.publish("t", b"{}", limits);
+            log.publish("t", b"{}", limits, now());
         }
         // Retained: 3, 4, 5.
         let r = log.replay(3);
@@ -251,17 +306,17 @@ mod tests {
             max_bytes: one * 2,
         };
         for _ in 0..4 {
-            log.publish("t", b"\"xxxxxxxx\"", limits);
+            log.publish("t", b"\"xxxxxxxx\"", limits, now());
         }
         assert_eq!(log.retained(), (2, one * 2));
         // A message bigger than the whole budget is not retained; replays
         // from before it report the gap instead of skipping it silently,
         // and the topic (with its seq) is not forgotten.
-        log.publish("t", &[b'1'; 500], limits);
+        log.publish("t", &[b'1'; 500], limits, now());
         assert!(!log.is_empty());
         let r = log.replay(3);
         assert_eq!((r.gap, r.frames.len()), (Some(6), 0));
-        log.publish("t", b"\"xxxxxxxx\"", limits);
+        log.publish("t", b"\"xxxxxxxx\"", limits, now());
         let r = log.replay(3);
         assert_eq!((r.gap, seqs(&r)), (Some(6), vec![6]));
         let r = log.replay(5);
@@ -271,8 +326,34 @@ mod tests {
             max_bytes: 1 << 20,
         };
         let mut log = TopicLog::new();
-        log.publish("t", b"1", none);
+        log.publish("t", b"1", none, now());
         assert!(log.is_empty());
         assert_eq!(log.replay(0).gap, Some(2));
+    }
+
+    #[test]
+    fn expired_and_evicted_history_is_a_gap_never_silence() {
+        let t0 = Instant::now();
+        let limits = HistoryLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        };
+        let mut log = TopicLog::new();
+        for i in 0..4 {
+            log.publish("t", b"1", limits, t0 + Duration::from_secs(i));
+        }
+        // Messages of t0 and t0+1s are 2 s old at t0+2s... with a 2 s TTL.
+        let freed = log.expire(t0 + Duration::from_secs(3), Duration::from_secs(2));
+        assert!(freed > 0);
+        assert_eq!(log.retained().0, 2);
+        assert_eq!(log.oldest_at(), Some(t0 + Duration::from_secs(2)));
+        let r = log.replay(0);
+        assert_eq!((r.gap, seqs(&r)), (Some(3), vec![3, 4]));
+        assert!(log.clear() > 0);
+        assert!(log.is_empty());
+        let r = log.replay(2);
+        assert_eq!((r.gap, r.frames.len()), (Some(5), 0));
+        assert_eq!(log.replay(4).gap, None, "nothing after 4 was published");
+        assert_eq!(log.publish("t", b"1", limits, t0).0, 5, "the seq lives on");
     }
 }

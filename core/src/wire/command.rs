@@ -1,4 +1,4 @@
-//! Client commands on `GET /ws` (../shared/protocol.md), sans I/O.
+//! Client commands on `GET /ws` (docs/protocol.md), sans I/O.
 //!
 //! One JSON object per text frame. Parsing borrows from the frame: `data` is
 //! kept as a slice of the received `Bytes` (validated as JSON, never turned
@@ -51,8 +51,15 @@ pub enum ErrorCode {
     HistoryGap,
     /// The message is over the broker's size limit.
     TooBig,
-    /// The broker cannot take more subscriptions on this connection.
+    /// A limit was reached (subscriptions on this connection, topics on
+    /// the broker).
     Limit,
+    /// The broker is too busy to take this now; retry later.
+    Overloaded,
+    /// No valid credentials for this.
+    Unauthorized,
+    /// The credentials do not allow this.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -65,6 +72,9 @@ impl ErrorCode {
             ErrorCode::HistoryGap => "history_gap",
             ErrorCode::TooBig => "too_big",
             ErrorCode::Limit => "limit",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -1,0 +1,62 @@
+//! Every bound the engine enforces, in one place: the broker fills it from
+//! its configuration, the simulator from its scenario.
+//!
+//! A push broker is exposed to clients that never read, publish faster
+//! than anyone consumes, or invent topics by the million. Each of those is
+//! met by one of these numbers, and each is answered with a clear error or
+//! notice, never with silent growth.
+
+use std::time::Duration;
+
+use crate::topic::HistoryLimits;
+
+/// What happens to a subscriber whose outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it (1008 on WebSocket; an SSE stream ends): it resumes with
+    /// `since` when it can keep up.
+    Disconnect,
+    /// Keep only the newest message per topic and tell it what it skipped.
+    Conflate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Topics one shard owns (with seq and history) at most.
+    pub max_topics: usize,
+    /// Subscriptions one connection holds at most.
+    pub max_subscriptions: usize,
+    /// Per-topic history bounds.
+    pub history: HistoryLimits,
+    /// Retained messages older than this are dropped (`None`: kept while
+    /// the other bounds allow).
+    pub history_ttl: Option<Duration>,
+    /// Retained bytes one shard holds across all its topics; past it the
+    /// topic published to longest ago loses its history first.
+    pub history_budget: usize,
+    /// Bytes queued per connection before the slow-consumer policy acts.
+    pub outbox_size: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Publishes with an `id` one WebSocket may have waiting for their
+    /// acknowledgement; past it the connection's next command waits.
+    pub max_pending_publishes: usize,
+}
+
+impl Default for Limits {
+    /// The broker's defaults (`ringcast --help` documents them).
+    fn default() -> Self {
+        Limits {
+            max_topics: 100_000,
+            max_subscriptions: 1_000,
+            history: HistoryLimits {
+                max_messages: 100,
+                max_bytes: 256 * 1024,
+            },
+            history_ttl: Some(Duration::from_secs(3600)),
+            history_budget: 256 * 1024 * 1024,
+            outbox_size: 1024 * 1024,
+            slow_consumer: SlowConsumer::Disconnect,
+            max_pending_publishes: 256,
+        }
+    }
+}

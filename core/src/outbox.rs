@@ -1,0 +1,587 @@
+//! A connection's outbound queue.
+//!
+//! Everything a connection sends (HTTP responses, protocol control frames,
+//! echoed or published messages) goes through its [`Outbox`]: a queue of
+//! `Bytes` bounded in bytes, drained by the connection's single writer. A
+//! published frame is encoded once and the same `Bytes` is pushed to every
+//! subscriber's outbox: a reference-count increment, not a copy.
+//!
+//! The queue knows nothing of sockets or tasks. It says when its writer
+//! must be woken ([`Outbox::take_wake`]: the queue went from empty to
+//! non-empty, or the state changed), and producers learn from the result
+//! of a push whether the consumer keeps up; the caller applies its policy.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Control-frame bytes that may be queued while the writer has not caught
+/// up. Pongs and closes must not be dropped behind a large message, but a
+/// peer that sends pings and never reads must not grow the queue forever.
+pub const CONTROL_SLACK: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Open,
+    /// Write what is queued, then send FIN (half-close) and stop.
+    Finishing,
+    /// Stop now; queued data is dropped (the peer is gone).
+    Closed,
+}
+
+/// The newest message of a topic that did not fit (conflate policy).
+#[derive(Debug)]
+struct Held {
+    topic: Arc<str>,
+    /// The first seq that went here; if `seq` is later, the messages from
+    /// `first` to `seq - 1` were skipped.
+    first: u64,
+    seq: u64,
+    frame: Bytes,
+}
+
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Held back as its topic's newest message (conflate policy).
+    Held,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue is over its byte bound.
+    Full,
+    /// The connection is closing or closed.
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    limit: usize,
+    /// Control bytes queued since the queue was last empty.
+    control: usize,
+    /// Replay bytes of the current burst, queued past the bound; they end
+    /// at byte position `replay_end` of the stream. Tracked by position,
+    /// not by count: live frames queued ahead of a replay are written
+    /// first and must not use up its allowance.
+    replay: usize,
+    replay_end: u64,
+    /// Stream positions: bytes ever queued (minus discarded), and written.
+    enqueued: u64,
+    written: u64,
+    /// Conflated messages waiting for room, one per topic.
+    held: Vec<Held>,
+    /// The connection speaks Server-Sent Events: notices are SSE events.
+    sse: bool,
+    state: State,
+    /// The writer must be woken: the queue went non-empty or the state
+    /// changed since the last [`Outbox::take_wake`].
+    wake: bool,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            queued: 0,
+            limit,
+            control: 0,
+            replay: 0,
+            replay_end: 0,
+            enqueued: 0,
+            written: 0,
+            held: Vec::new(),
+            sse: false,
+            state: State::Open,
+            wake: false,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// The byte bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Whether the writer must be woken (and forget it: one wake-up per
+    /// transition, not per push).
+    pub fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake)
+    }
+
+    /// Replay bytes queued and not yet written.
+    fn replay_unwritten(&self) -> usize {
+        let left = self.replay_end.saturating_sub(self.written);
+        (self.replay as u64).min(left) as usize
+    }
+
+    /// Whether `len` more bytes may be queued: an empty queue takes one
+    /// buffer of any size; otherwise the bound plus the replay in flight.
+    fn fits(&self, len: usize) -> bool {
+        self.queued == 0 || self.queued + len <= self.limit + self.replay_unwritten()
+    }
+
+    /// Whether what is queued is within the bound: a reader that queued a
+    /// response past it takes no next request until this holds.
+    pub fn has_room(&self) -> bool {
+        self.state != State::Open || self.queued <= self.limit
+    }
+
+    fn enqueue(&mut self, buf: Bytes) {
+        self.queued += buf.len();
+        self.enqueued += buf.len() as u64;
+        // The writer waits only on an empty queue: only that transition
+        // needs a wake-up, not every delivery.
+        if self.queue.is_empty() {
+            self.wake = true;
+        }
+        self.queue.push_back(buf);
+    }
+
+    /// Queues without waiting. An empty queue accepts one buffer of any
+    /// size, so a single large message is never refused outright.
+    pub fn try_push(&mut self, buf: Bytes) -> Result<(), PushError> {
+        if self.state != State::Open {
+            return Err(PushError::Closed);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if !self.fits(buf.len()) {
+            return Err(PushError::Full);
+        }
+        self.enqueue(buf);
+        Ok(())
+    }
+
+    /// Queues one frame given as a header and an optional separate
+    /// payload, both or neither: nothing queued later (a ping, the close at
+    /// shutdown) can land between a header and its payload. A producer
+    /// that may wait (the connection's own reader) retries on
+    /// [`PushError::Full`] once the writer made room.
+    pub fn try_push_frame(&mut self, head: Bytes, payload: Option<Bytes>) -> Result<(), PushError> {
+        if self.state != State::Open {
+            return Err(PushError::Closed);
+        }
+        let len = head.len() + payload.as_ref().map_or(0, Bytes::len);
+        if !self.fits(len) {
+            return Err(PushError::Full);
+        }
+        self.enqueue(head);
+        if let Some(p) = payload {
+            self.enqueue(p);
+        }
+        Ok(())
+    }
+
+    /// Queues the response to an HTTP request, whatever its size and
+    /// whatever is queued: a response is owed, and dropping it would leave
+    /// the client waiting forever. The bound is kept by the reader instead:
+    /// it takes no next request until [`Outbox::has_room`], so a client
+    /// that pipelines requests without reading gets at most one response
+    /// past the bound.
+    pub fn push_response(&mut self, buf: Bytes) -> Result<(), PushError> {
+        if self.state != State::Open {
+            return Err(PushError::Closed);
+        }
+        if !buf.is_empty() {
+            self.enqueue(buf);
+        }
+        Ok(())
+    }
+
+    /// Queues a protocol control frame (pong, close) or a reply to the
+    /// client's own command behind whatever is queued, ignoring the byte
+    /// bound. Refused once [`CONTROL_SLACK`] control bytes wait behind a
+    /// queue that never empties: the peer is not reading at all and the
+    /// caller should drop it.
+    pub fn push_control(&mut self, buf: Bytes) -> Result<(), PushError> {
+        if self.state != State::Open {
+            return Err(PushError::Closed);
+        }
+        if self.control + buf.len() > CONTROL_SLACK {
+            return Err(PushError::Full);
+        }
+        self.control += buf.len();
+        self.enqueue(buf);
+        Ok(())
+    }
+
+    /// Queues a replayed (retained) message past the bound, up to `allowance`
+    /// bytes in flight: a resume is a one-off burst bounded by the topic's
+    /// history, and live messages behind it must not count it against the
+    /// client. Past the allowance it is an ordinary message.
+    pub fn push_replay(&mut self, frame: Bytes, allowance: usize) -> Result<(), PushError> {
+        if self.state != State::Open {
+            return Err(PushError::Closed);
+        }
+        let unwritten = self.replay_unwritten();
+        if unwritten + frame.len() > allowance {
+            return self.try_push(frame);
+        }
+        self.replay = unwritten + frame.len();
+        self.enqueue(frame);
+        self.replay_end = self.enqueued;
+        Ok(())
+    }
+
+    /// Queues a published message. With `conflate`, a message that does
+    /// not fit (or whose topic already has one waiting) replaces the
+    /// topic's waiting message instead of being refused; when room returns
+    /// the client gets a `skipped` notice for what it missed, then the
+    /// newest message. Memory stays bounded by one frame per topic.
+    pub fn push_message(
+        &mut self,
+        topic: &Arc<str>,
+        seq: u64,
+        frame: Bytes,
+        conflate: bool,
+    ) -> Result<Pushed, PushError> {
+        if conflate {
+            if let Some(h) = self.held.iter_mut().find(|h| *h.topic == **topic) {
+                h.seq = seq;
+                h.frame = frame;
+                return Ok(Pushed::Held);
+            }
+            if self.state != State::Open {
+                return Err(PushError::Closed);
+            }
+            if self.fits(frame.len()) {
+                self.enqueue(frame);
+                return Ok(Pushed::Queued);
+            }
+            self.held.push(Held {
+                topic: topic.clone(),
+                first: seq,
+                seq,
+                frame,
+            });
+            return Ok(Pushed::Held);
+        }
+        self.try_push(frame).map(|()| Pushed::Queued)
+    }
+
+    /// Drops everything queued and not yet taken by the writer (whole
+    /// frames only: the writer's batch in flight is untouched). For a slow
+    /// consumer about to be closed: its close frame goes out now instead of
+    /// behind a queue it cannot read in time, and it resumes from the last
+    /// seq it did see.
+    pub fn discard_queued(&mut self) {
+        let dropped: usize = self.queue.iter().map(Bytes::len).sum();
+        self.queue.clear();
+        self.queued = self.queued.saturating_sub(dropped);
+        // Dropped bytes will never be written: the stream ends before them.
+        self.enqueued -= dropped as u64;
+        self.replay_end = self.replay_end.min(self.enqueued);
+        self.held.clear();
+    }
+
+    /// Encode conflation notices as Server-Sent Events.
+    pub fn set_sse(&mut self) {
+        self.sse = true;
+    }
+
+    /// Forgets a topic's conflated message (the client unsubscribed).
+    pub fn drop_held(&mut self, topic: &str) {
+        self.held.retain(|h| *h.topic != *topic);
+    }
+
+    /// Topics with a conflated message waiting.
+    pub fn held_topics(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Moves conflated messages into the queue once it has drained to half
+    /// its bound, each after its `skipped` notice.
+    fn release_held(&mut self) {
+        if self.held.is_empty() || self.queued > self.limit / 2 {
+            return;
+        }
+        for h in std::mem::take(&mut self.held) {
+            if h.seq > h.first {
+                self.enqueue(if self.sse {
+                    crate::wire::reply::sse_skipped(&h.topic, h.first, h.seq - 1)
+                } else {
+                    crate::wire::reply::skipped(&h.topic, h.first, h.seq - 1)
+                });
+            }
+            self.enqueue(h.frame);
+        }
+    }
+
+    /// Write everything queued, then half-close.
+    pub fn finish(&mut self) {
+        if self.state == State::Open {
+            self.state = State::Finishing;
+            self.wake = true;
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Moves up to `max` queued buffers into `out` for one write.
+    pub fn take_batch(&mut self, out: &mut Vec<Bytes>, max: usize) {
+        let n = self.queue.len().min(max);
+        out.extend(self.queue.drain(..n));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The writer finished writing `bytes` of what it took.
+    pub fn written(&mut self, bytes: usize) {
+        self.queued = self.queued.saturating_sub(bytes);
+        self.written += bytes as u64;
+        if self.queue.is_empty() {
+            self.control = 0;
+        }
+        if self.state == State::Open {
+            self.release_held();
+        }
+    }
+
+    /// Stop writing at once.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.queue.clear();
+        self.held.clear();
+        self.queued = 0;
+        self.wake = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn data_is_bounded_but_one_oversized_buffer_fits_an_empty_queue() {
+        let mut o = Outbox::new(100);
+        assert_eq!(o.try_push(b(1000)), Ok(()));
+        assert_eq!(o.try_push(b(1)), Err(PushError::Full));
+        let mut o = Outbox::new(100);
+        assert_eq!(o.try_push(b(60)), Ok(()));
+        assert_eq!(o.try_push(b(40)), Ok(()));
+        assert_eq!(o.try_push(b(1)), Err(PushError::Full));
+        assert_eq!(o.queued_bytes(), 100);
+    }
+
+    #[test]
+    fn control_frames_pass_a_full_queue_up_to_the_slack() {
+        let mut o = Outbox::new(100);
+        o.try_push(b(10_000)).unwrap();
+        assert_eq!(o.try_push(b(10)), Err(PushError::Full));
+        assert_eq!(
+            o.push_control(b(125)),
+            Ok(()),
+            "a pong behind a large message"
+        );
+        let mut pushed = 125;
+        while o.push_control(b(125)).is_ok() {
+            pushed += 125;
+        }
+        assert!(pushed <= CONTROL_SLACK && pushed > CONTROL_SLACK - 125);
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            o.take_batch(&mut batch, 64);
+            if batch.is_empty() {
+                return out;
+            }
+            o.written(batch.iter().map(Bytes::len).sum());
+            out.extend(batch);
+        }
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_per_topic_and_reports_the_skip() {
+        let t: Arc<str> = Arc::from("ticker.A");
+        let u: Arc<str> = Arc::from("ticker.B");
+        let mut o = Outbox::new(200);
+        let frame = |topic: &str, seq| crate::wire::reply::message(topic, seq, &[b'1'; 40]);
+        // Two ~90-byte messages fit in 200 bytes; the rest are conflated.
+        for seq in 1..=6 {
+            o.push_message(&t, seq, frame("ticker.A", seq), true)
+                .unwrap();
+        }
+        o.push_message(&u, 1, frame("ticker.B", 1), true).unwrap();
+        assert_eq!(o.held_topics(), 2);
+        assert!(o.queued_bytes() <= 200);
+        let text: Vec<String> = drain(&mut o)
+            .iter()
+            .map(|f| String::from_utf8_lossy(&crate::wire::reply::message_json(f)).into_owned())
+            .collect();
+        let ops: Vec<String> = text
+            .iter()
+            .map(|j| {
+                let v: serde_json::Value = serde_json::from_str(j).unwrap();
+                format!(
+                    "{}:{}:{}",
+                    v["op"].as_str().unwrap(),
+                    v["topic"].as_str().unwrap(),
+                    v["seq"].as_u64().or(v["from"].as_u64()).unwrap()
+                )
+            })
+            .collect();
+        // seqs 1, 2 delivered; 3..=5 skipped (notice from 3); 6 is the newest.
+        assert_eq!(
+            ops,
+            [
+                "message:ticker.A:1",
+                "message:ticker.A:2",
+                "skipped:ticker.A:3",
+                "message:ticker.A:6",
+                "message:ticker.B:1"
+            ]
+        );
+        assert_eq!(o.held_topics(), 0);
+    }
+
+    /// A live frame queued ahead of a replay is written first; that must
+    /// not use up the replay's allowance while the replay is still queued.
+    #[test]
+    fn writing_what_was_ahead_of_a_replay_keeps_its_allowance() {
+        let mut o = Outbox::new(100);
+        o.try_push(b(80)).unwrap();
+        for _ in 0..4 {
+            o.push_replay(b(50), 500).unwrap();
+        }
+        let mut first = Vec::new();
+        o.take_batch(&mut first, 1);
+        o.written(first[0].len());
+        // 200 replay bytes still queued: a live 90 fits in 100 + 200.
+        assert_eq!(o.try_push(b(90)), Ok(()));
+        assert_eq!(o.try_push(b(20)), Err(PushError::Full));
+        // Once the replay is written the plain bound is back.
+        drain(&mut o);
+        o.try_push(b(60)).unwrap();
+        assert_eq!(o.try_push(b(60)), Err(PushError::Full));
+    }
+
+    #[test]
+    fn a_replay_burst_does_not_count_against_live_messages() {
+        let t: Arc<str> = Arc::from("t");
+        let mut o = Outbox::new(100);
+        for _ in 0..10 {
+            o.push_replay(b(50), 500).unwrap();
+        }
+        assert_eq!(o.queued_bytes(), 500);
+        // Live messages still have the normal bound beyond the replay.
+        o.push_message(&t, 11, b(50), false).unwrap();
+        o.push_message(&t, 12, b(50), false).unwrap();
+        assert_eq!(o.push_message(&t, 13, b(50), false), Err(PushError::Full));
+        // Past the allowance a replay is an ordinary (refused) message.
+        assert_eq!(o.push_replay(b(50), 500), Err(PushError::Full));
+        drain(&mut o);
+        assert_eq!(o.queued_bytes(), 0);
+        o.push_message(&t, 13, b(50), false).unwrap();
+    }
+
+    #[test]
+    fn without_conflation_a_full_queue_refuses() {
+        let t: Arc<str> = Arc::from("t");
+        let mut o = Outbox::new(10);
+        o.push_message(&t, 1, b(10), false).unwrap();
+        assert_eq!(o.push_message(&t, 2, b(10), false), Err(PushError::Full));
+    }
+
+    /// A frame's header and payload are queued both or neither, so a
+    /// control frame queued while the producer waits for room can precede
+    /// the frame but never split it.
+    #[test]
+    fn a_frame_is_queued_whole() {
+        let mut o = Outbox::new(100);
+        o.try_push(b(90)).unwrap();
+        let head = Bytes::from_static(b"HEAD");
+        assert_eq!(
+            o.try_push_frame(head.clone(), Some(b(1000))),
+            Err(PushError::Full)
+        );
+        o.push_control(Bytes::from_static(b"CLOSE")).unwrap();
+        let first = drain(&mut o);
+        o.try_push_frame(head, Some(b(1000))).unwrap();
+        let order: Vec<usize> = first.iter().chain(&drain(&mut o)).map(Bytes::len).collect();
+        assert_eq!(order, [90, 5, 4, 1000]);
+    }
+
+    /// A response is queued past the bound (it is owed); the reader takes
+    /// the next request only once there is room again.
+    #[test]
+    fn responses_are_never_refused_and_room_returns_as_they_are_written() {
+        let mut o = Outbox::new(100);
+        o.push_response(b(80)).unwrap();
+        assert_eq!(o.try_push(b(80)), Err(PushError::Full));
+        o.push_response(b(80)).unwrap();
+        assert_eq!(o.queued_bytes(), 160);
+        assert!(!o.has_room(), "160 queued is over the bound of 100");
+        o.written(80);
+        assert!(o.has_room());
+        o.close();
+        assert_eq!(o.push_response(b(1)), Err(PushError::Closed));
+        assert!(o.has_room(), "closed: nothing to wait for");
+    }
+
+    #[test]
+    fn the_writer_is_woken_once_per_empty_to_non_empty() {
+        let mut o = Outbox::new(100);
+        assert!(!o.take_wake());
+        o.try_push(b(1)).unwrap();
+        o.try_push(b(1)).unwrap();
+        assert!(o.take_wake());
+        assert!(!o.take_wake(), "the second push found the queue non-empty");
+        drain(&mut o);
+        o.try_push(b(1)).unwrap();
+        assert!(o.take_wake());
+        o.finish();
+        assert!(o.take_wake(), "a state change wakes too");
+    }
+
+    #[test]
+    fn closed_refuses_everything_and_drops_the_queue() {
+        let mut o = Outbox::new(100);
+        o.try_push(b(50)).unwrap();
+        o.close();
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+        assert_eq!(o.push_control(b(1)), Err(PushError::Closed));
+        let mut o = Outbox::new(100);
+        o.finish();
+        assert!(!o.is_open());
+        assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn discard_queued_keeps_the_accounting_right() {
+        let mut o = Outbox::new(100);
+        o.try_push(b(60)).unwrap();
+        o.try_push(b(40)).unwrap();
+        o.discard_queued();
+        assert_eq!(o.queued_bytes(), 0);
+        assert!(o.is_empty());
+        o.push_control(b(5)).unwrap();
+        assert_eq!(drain(&mut o).len(), 1);
+    }
+}

@@ -1,0 +1,116 @@
+//! A connection as the engine sees it: what it receives, what it waits
+//! for, and the queue its bytes wait in.
+//!
+//! The runtime holds a [`ConnId`] and the socket; everything that decides
+//! what goes into the socket is here. A `ConnId` carries a generation, so
+//! an answer that arrives for a connection that has gone (and whose slot
+//! was reused) is recognised and dropped instead of reaching a stranger.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::auth::Grant;
+use crate::outbox::Outbox;
+use crate::wire::command::ErrorCode;
+
+/// A connection's handle into the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
+}
+
+impl ConnId {
+    /// A small dense number (a slot), for the runtime's own tables; unique
+    /// among live connections.
+    pub fn index(self) -> usize {
+        self.idx as usize
+    }
+}
+
+/// How a connection receives messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP or `/echo`: no subscriptions yet.
+    Plain,
+    /// `/ws`: the pre-encoded WebSocket frame; replies to commands.
+    WebSocket,
+    /// `/sse/{topic}`: one SSE event per message.
+    Sse,
+    /// `/poll/{topic}`: collected for the held request.
+    Poll,
+}
+
+/// One of a connection's subscriptions.
+#[derive(Debug)]
+pub(crate) struct Sub {
+    pub topic: Arc<str>,
+    pub state: SubState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubState {
+    /// Waiting for the owner's answer (the pending request's token).
+    Pending(usize),
+    /// Receiving; the key in the topic's local subscriber slab.
+    Live(usize),
+}
+
+/// A reply owed to a command, in command order: a publish waiting for its
+/// seq (`token`), or a reply ready but queued behind one.
+#[derive(Debug)]
+pub(crate) struct Owed {
+    pub token: Option<usize>,
+    pub reply: Option<Bytes>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub gen: u32,
+    pub outbox: Outbox,
+    pub transport: Transport,
+    pub grant: Grant,
+    pub subs: Vec<Sub>,
+    /// Marked slow (being disconnected): deliveries skip it.
+    pub slow: bool,
+    /// Replies owed, oldest first: a later reply never overtakes one.
+    pub owed: VecDeque<Owed>,
+    /// A command that must wait for the owed replies before it runs.
+    pub parked: Option<Bytes>,
+    /// The reader must not hand over another command yet.
+    pub waiting: bool,
+    /// HTTP transports: a held poll's messages and `gap` notice, the
+    /// subscription's refusal, and the topic's incarnation for the epoch.
+    pub poll: Vec<Bytes>,
+    pub poll_bytes: usize,
+    pub poll_gap: Option<Bytes>,
+    pub refused: Option<ErrorCode>,
+    pub incarnation: u64,
+}
+
+impl Session {
+    pub fn new(gen: u32, outbox_size: usize, grant: Grant) -> Self {
+        Session {
+            gen,
+            outbox: Outbox::new(outbox_size),
+            transport: Transport::Plain,
+            grant,
+            subs: Vec::new(),
+            slow: false,
+            owed: VecDeque::new(),
+            parked: None,
+            waiting: false,
+            poll: Vec::new(),
+            poll_bytes: 0,
+            poll_gap: None,
+            refused: None,
+            incarnation: 0,
+        }
+    }
+
+    pub fn sub(&self, topic: &str) -> Option<&Sub> {
+        self.subs.iter().find(|s| *s.topic == *topic)
+    }
+}
