@@ -109,6 +109,17 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_HISTORY_BYTES", value_parser = parse_size, default_value = "256KiB")]
     pub history_bytes: usize,
 
+    /// Retained messages older than this are dropped (a resume from
+    /// before them gets a `gap`); `0` keeps them while the other bounds
+    /// allow.
+    #[arg(long, env = "RINGCAST_HISTORY_TTL", value_parser = parse_duration, default_value = "1h")]
+    pub history_ttl: Duration,
+
+    /// Retained bytes per shard across all its topics; past it the topic
+    /// published to longest ago loses its history first.
+    #[arg(long, env = "RINGCAST_HISTORY_BUDGET", value_parser = parse_size, default_value = "256MiB")]
+    pub history_budget: usize,
+
     /// Topics a shard owns at most (each keeps its seq and history);
     /// publishing to a new topic past it is refused with `limit`.
     #[arg(long, env = "RINGCAST_MAX_TOPICS", default_value_t = 100_000)]
@@ -117,6 +128,23 @@ pub struct Config {
     /// Subscriptions one connection may hold.
     #[arg(long, env = "RINGCAST_MAX_SUBSCRIPTIONS", default_value_t = 1_000)]
     pub max_subscriptions: usize,
+
+    /// Publishes with an `id` one WebSocket may have waiting for their
+    /// `published` reply; past it, its next command waits.
+    #[arg(long, env = "RINGCAST_MAX_PENDING_PUBLISHES", default_value_t = 256)]
+    pub max_pending_publishes: usize,
+
+    /// Messages queued for one shard from the others; past it publishes and
+    /// subscribes routed to that shard are refused with `overloaded` (HTTP
+    /// 503 with Retry-After).
+    #[arg(long, env = "RINGCAST_MESH_QUEUE", default_value_t = 65_536)]
+    pub mesh_queue: usize,
+
+    /// Time a WebSocket message may take to arrive once its first byte
+    /// did; past it, close 1008 (a trickled message must not pin its
+    /// buffer for ever).
+    #[arg(long, env = "RINGCAST_MESSAGE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub message_timeout: Duration,
 
     /// What happens to a subscriber whose outbox is full: `disconnect`
     /// (close 1008 "slow consumer"; it resumes with `since`) or `conflate`
@@ -335,8 +363,13 @@ impl Config {
             format!("read-buffer = {}", self.read_buffer),
             format!("history-messages = {}", self.history_messages),
             format!("history-bytes = {}", self.history_bytes),
+            format!("history-ttl = {}", d(self.history_ttl)),
+            format!("history-budget = {}", self.history_budget),
             format!("max-topics = {}", self.max_topics),
             format!("max-subscriptions = {}", self.max_subscriptions),
+            format!("max-pending-publishes = {}", self.max_pending_publishes),
+            format!("mesh-queue = {}", self.mesh_queue),
+            format!("message-timeout = {}", d(self.message_timeout)),
             format!("slow-consumer = \"{slow}\""),
             format!("max-polls = {}", self.max_polls),
             format!("max-poll-timeout = {}", d(self.max_poll_timeout)),
@@ -368,6 +401,8 @@ impl Config {
             ("--outbox-size", self.outbox_size),
             ("--max-topics", self.max_topics),
             ("--max-subscriptions", self.max_subscriptions),
+            ("--max-pending-publishes", self.max_pending_publishes),
+            ("--mesh-queue", self.mesh_queue),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -391,6 +426,7 @@ impl Config {
             ("--ping-interval", self.ping_interval),
             ("--idle-timeout", self.idle_timeout),
             ("--close-timeout", self.close_timeout),
+            ("--message-timeout", self.message_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("{flag} must be greater than 0"));
@@ -413,6 +449,23 @@ impl Config {
         HistoryLimits {
             max_messages: self.history_messages,
             max_bytes: self.history_bytes,
+        }
+    }
+
+    /// The engine's limits.
+    pub fn limits(&self) -> ringcast_core::Limits {
+        ringcast_core::Limits {
+            max_topics: self.max_topics,
+            max_subscriptions: self.max_subscriptions,
+            history: self.history_limits(),
+            history_ttl: (!self.history_ttl.is_zero()).then_some(self.history_ttl),
+            history_budget: self.history_budget,
+            outbox_size: self.outbox_size,
+            slow_consumer: match self.slow_consumer {
+                SlowConsumer::Disconnect => ringcast_core::SlowConsumer::Disconnect,
+                SlowConsumer::Conflate => ringcast_core::SlowConsumer::Conflate,
+            },
+            max_pending_publishes: self.max_pending_publishes,
         }
     }
 
@@ -462,12 +515,37 @@ impl fmt::Display for Config {
             "  history-bytes      {} bytes per topic",
             self.history_bytes
         )?;
+        writeln!(
+            f,
+            "  history-ttl        {}",
+            if self.history_ttl.is_zero() {
+                "none".to_string()
+            } else {
+                format!("{:?}", self.history_ttl)
+            }
+        )?;
+        writeln!(
+            f,
+            "  history-budget     {} bytes per shard",
+            self.history_budget
+        )?;
         writeln!(f, "  max-topics         {} per shard", self.max_topics)?;
         writeln!(
             f,
             "  max-subscriptions  {} per connection",
             self.max_subscriptions
         )?;
+        writeln!(
+            f,
+            "  max-pending-publishes {} per connection",
+            self.max_pending_publishes
+        )?;
+        writeln!(
+            f,
+            "  mesh-queue         {} messages per shard",
+            self.mesh_queue
+        )?;
+        writeln!(f, "  message-timeout    {:?}", self.message_timeout)?;
         writeln!(f, "  slow-consumer      {:?}", self.slow_consumer)?;
         writeln!(f, "  max-polls          {} per shard", self.max_polls)?;
         writeln!(f, "  max-poll-timeout   {:?}", self.max_poll_timeout)?;

@@ -1,21 +1,18 @@
 //! ringcast: a sharded, thread-per-core WebSocket push broker.
 //!
-//! The crate has two layers, and the line between them is the point:
+//! Three crates, and the lines between them are the point:
 //!
-//! - **Protocol** ([`http`], [`handshake`], [`frame`], [`mask`], [`utf8`],
-//!   [`close`], [`websocket`]): sans-I/O state machines. Bytes in, events
-//!   out; no sockets, no clocks, no runtime. They serve the broker (server
-//!   role) and the load generator (client role) and are tested
-//!   deterministically.
-//! - **Runtime** ([`runtime`]): the only module that knows about
-//!   `tokio-uring`: shards, listeners, the per-connection reader and writer
-//!   tasks.
+//! - `ringcast-proto`: WebSocket and HTTP/1.1 as sans-I/O state machines.
+//! - `ringcast-core`: the pub/sub engine as a sans-I/O state machine.
+//! - this crate: the runtime ([`runtime`], the only code that touches
+//!   sockets, threads, rings and clocks, and the only one that names
+//!   `tokio-uring`) and the `ringcast` binary ([`config`], [`metrics`],
+//!   [`demo`]).
 
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
-pub mod outbox;
 pub mod runtime;
 
 pub use error::{Error, HttpError, ProtocolError};

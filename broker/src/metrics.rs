@@ -26,6 +26,11 @@ impl Counter {
         self.add(1);
     }
 
+    /// Copies a total counted elsewhere (the engine's plain counters).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -128,6 +133,11 @@ pub struct ShardMetrics {
     pub bytes_out: Counter,
     pub slow_disconnects: Counter,
     pub slow_conflations: Counter,
+    pub retained_bytes: Gauge,
+    pub overloaded: Counter,
+    pub deliveries_dropped: Counter,
+    pub history_evicted: Counter,
+    pub history_expired: Counter,
     pub http_errors: [Counter; HTTP_REASONS.len()],
     pub close_codes: [Counter; CLOSE_CODES.len() + 1],
 }
@@ -277,6 +287,43 @@ pub fn render(shards: &[ShardMetrics]) -> String {
                 ),
             ]
         },
+    );
+    family(
+        &mut out,
+        "ringcast_retained_bytes",
+        "gauge",
+        "Bytes of history the shard retains across its topics (bounded by --history-budget).",
+        shards,
+        |m| one(m.retained_bytes.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_history_dropped_total",
+        "counter",
+        "Topics whose history was dropped: evicted to keep --history-budget, or expired by --history-ttl.",
+        shards,
+        |m| {
+            vec![
+                ("reason=\"budget\"".into(), m.history_evicted.get().into()),
+                ("reason=\"ttl\"".into(), m.history_expired.get().into()),
+            ]
+        },
+    );
+    family(
+        &mut out,
+        "ringcast_overloaded_total",
+        "counter",
+        "Publishes and subscribes refused with `overloaded` because a queue between shards was full (--mesh-queue).",
+        shards,
+        |m| one(m.overloaded.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_deliveries_dropped_total",
+        "counter",
+        "Messages not forwarded to a shard whose queue was full; its subscribers got a `skipped` notice.",
+        shards,
+        |m| one(m.deliveries_dropped.get()),
     );
     family(
         &mut out,

@@ -134,6 +134,13 @@ impl WebSocket {
         self.error
     }
 
+    /// A frame or a fragmented message has begun and not ended: the
+    /// runtime bounds how long that may take, so a peer cannot pin a
+    /// message buffer by trickling it a byte at a time.
+    pub fn in_message(&self) -> bool {
+        self.frame.is_some() || self.message.is_some()
+    }
+
     /// How many more bytes the current frame needs; a hint for read sizes.
     pub fn read_hint(&self) -> usize {
         self.frame.as_ref().map_or(0, |f| f.len - f.done)

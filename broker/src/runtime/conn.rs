@@ -4,7 +4,11 @@
 //! The reader task owns the socket's read loop and is the only place a read
 //! is ever in flight. Nothing cancels it: timeouts and shutdown act from
 //! other tasks by calling `shutdown()` on the socket, which makes the
-//! pending read return (tokio-uring rule 1 in DEVELOPERS.md).
+//! pending read return (tokio-uring rule 1, `docs/architecture.md`).
+//!
+//! This file owns the connection's I/O and nothing else: what a command
+//! does, what a subscriber receives and what is queued for it is decided by
+//! the shard's engine (`ringcast-core`), which this file feeds.
 //!
 //! Plain HTTP requests are served with keep-alive; an upgrade to `/ws`
 //! (pub/sub) or `/echo` turns the connection into a WebSocket for good.
@@ -19,14 +23,13 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::pubsub::Sub;
 use super::shard::Shard;
 use crate::error::HttpError;
 use crate::metrics::{self, Kind};
-use crate::outbox::{Outbox, PushError};
-use ringcast_core::topic;
+use ringcast_core::outbox::{Outbox, PushError};
 use ringcast_core::wire::command::{self, ErrorCode};
 use ringcast_core::wire::reply;
+use ringcast_core::{topic, ConnId, Flow, Transport};
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake;
@@ -75,54 +78,43 @@ pub enum Phase {
     Closing,
 }
 
-/// How a subscribed connection receives messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// `/ws`: the pre-encoded WebSocket frame.
-    WebSocket,
-    /// `/sse/{topic}`: one SSE event per message.
-    Sse,
-    /// `/poll/{topic}`: collected for the held request.
-    Poll,
-}
-
 /// What a WebSocket connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     /// `/ws`: JSON commands, pub/sub.
     PubSub,
     /// `/echo`: every message sent back (conformance target).
     Echo,
 }
 
-/// State shared by a connection's reader, writer and its shard.
+/// State shared by a connection's reader, writer and its shard. What it
+/// sends and what it is subscribed to live in the shard's engine, under
+/// `id`.
 pub struct Conn {
+    pub id: ConnId,
     pub stream: TcpStream,
-    /// Inline, not behind its own `Rc`: every delivery touches it, and the
-    /// `Conn` is already shared.
-    pub outbox: Outbox,
     pub ws: RefCell<Option<WebSocket>>,
     pub phase: Cell<Phase>,
     /// When the sweeper shuts the socket down regardless (request and
     /// close timeouts). None while a WebSocket is open.
     pub deadline: Cell<Option<Instant>>,
     pub last_rx: Cell<Instant>,
+    /// When the WebSocket message being received began: a message must
+    /// arrive whole within `--message-timeout`, however it trickles.
+    pub message_started: Cell<Option<Instant>>,
     pub ping_sent: Cell<bool>,
     /// Reader and writer; the last one out deregisters the connection.
     pub tasks: Cell<u8>,
-    /// Pub/sub subscriptions of a `/ws` connection.
-    pub subs: RefCell<Vec<Sub>>,
-    /// Marked slow (being disconnected): deliveries skip it.
-    pub slow: Cell<bool>,
     /// What it is now, for the connection gauges.
     pub kind: Cell<Kind>,
-    pub transport: Cell<Transport>,
-    /// A held long-poll's messages, the `gap` notice, and its wake-up.
-    pub poll: RefCell<Vec<Bytes>>,
-    pub poll_gap: RefCell<Option<Bytes>>,
+    /// The writer has something to write (or the outbox closed).
+    pub work: Notify,
+    /// The writer made room in the outbox.
+    pub space: Notify,
+    /// The engine lets the reader hand over its next command.
+    pub resume: Notify,
+    /// A held long-poll has something to answer with.
     pub poll_ready: Notify,
-    /// The owner refused an HTTP-transport subscription (topic limit).
-    pub refused: Cell<Option<ErrorCode>>,
     /// A long-poll being held by a task of its own, so that the reader
     /// reads on and sees the client leave; yields what follows its answer.
     held: RefCell<Option<tokio::task::JoinHandle<Next>>>,
@@ -131,24 +123,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, outbox_limit: usize, deadline: Instant) -> Conn {
+    pub fn new(id: ConnId, stream: TcpStream, deadline: Instant) -> Conn {
         Conn {
+            id,
             stream,
-            outbox: Outbox::new(outbox_limit),
             ws: RefCell::new(None),
             phase: Cell::new(Phase::Http),
             deadline: Cell::new(Some(deadline)),
             last_rx: Cell::new(Instant::now()),
+            message_started: Cell::new(None),
             ping_sent: Cell::new(false),
             tasks: Cell::new(2),
-            subs: RefCell::new(Vec::new()),
-            slow: Cell::new(false),
             kind: Cell::new(Kind::Http),
-            transport: Cell::new(Transport::WebSocket),
-            poll: RefCell::new(Vec::new()),
-            poll_gap: RefCell::new(None),
+            work: Notify::new(),
+            space: Notify::new(),
+            resume: Notify::new(),
             poll_ready: Notify::new(),
-            refused: Cell::new(None),
             held: RefCell::new(None),
             peer_done: Cell::new(false),
         }
@@ -157,55 +147,44 @@ impl Conn {
     /// Queues the protocol's pending output (pong, close) behind any data
     /// already queued, even past the outbox bound: a close or pong must not
     /// be lost behind a large message.
-    fn flush_protocol_output(&self) {
+    fn flush_protocol_output(&self, shard: &Shard) {
         let out = self
             .ws
             .borrow_mut()
             .as_mut()
             .and_then(WebSocket::take_output);
         if let Some(out) = out {
-            self.send_reply(out);
+            shard.send_control(self, out);
         }
     }
 
-    /// Queues a reply to the client's own command (or a protocol frame)
-    /// like a control frame: past the outbox bound, within its slack. A
-    /// peer that lets even these pile up is not reading; it is cut off.
-    pub fn send_reply(&self, frame: Bytes) {
-        if self.outbox.push_control(frame) == Err(PushError::Full) {
-            debug!("peer does not read its replies; dropping it");
-            self.outbox.close();
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    /// Starts the closing handshake from our side (shutdown, idle timeout,
-    /// slow consumer).
-    pub fn start_close(&self, code: CloseCode, reason: &str, deadline: Instant) {
+    /// Starts the closing handshake from our side (shutdown, idle or
+    /// message timeout, slow consumer).
+    pub fn start_close(&self, shard: &Shard, code: CloseCode, reason: &str, deadline: Instant) {
         let mut ws = self.ws.borrow_mut();
         if let Some(ws) = ws.as_mut() {
             ws.close(code, reason);
         }
         drop(ws);
-        self.flush_protocol_output();
+        self.flush_protocol_output(shard);
         self.deadline.set(Some(deadline));
     }
 
     /// Sends a keep-alive ping.
-    pub fn ping(&self) {
+    pub fn ping(&self, shard: &Shard) {
         if let Some(ws) = self.ws.borrow_mut().as_mut() {
             ws.ping(b"");
         }
-        self.flush_protocol_output();
+        self.flush_protocol_output(shard);
         self.ping_sent.set(true);
     }
 
     /// Enters the closing phase: flush, half-close, drain until the peer
     /// closes or `deadline`.
-    fn finish(&self, deadline: Instant) {
+    fn finish(&self, shard: &Shard, deadline: Instant) {
         self.phase.set(Phase::Closing);
         self.deadline.set(Some(deadline));
-        self.outbox.finish();
+        shard.outbox(self, Outbox::finish);
     }
 }
 
@@ -219,13 +198,20 @@ pub enum Next {
     Close,
     /// The peer is gone; nothing to drain.
     Gone,
+    /// The upgrade is answered: the connection is a WebSocket now (its
+    /// request, all its headers, already dropped).
+    WebSocket(Endpoint),
 }
 
 /// The reader task.
-pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
+pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     let mut buf = BytesMut::with_capacity(shard.config.read_buffer);
     loop {
-        match request(&shard, &conn, &mut buf).await {
+        let mut next = request(&shard, &conn, &mut buf).await;
+        if let Next::WebSocket(endpoint) = next {
+            next = websocket(&shard, &conn, &mut buf, endpoint).await;
+        }
+        match next {
             Next::KeepAlive => after_response(&shard, &conn).await,
             // The hold's task answers; meanwhile a read is what notices a
             // client that leaves.
@@ -234,14 +220,13 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, key: usize) {
                 drain(&shard, &conn, buf).await;
                 break;
             }
-            Next::Gone => break,
+            Next::Gone | Next::WebSocket(_) => break,
         }
     }
     end_hold(&conn).await;
-    if !conn.subs.borrow().is_empty() {
-        shard.pubsub.disconnect(&conn);
-    }
-    shard.task_done(key, &conn);
+    let now = Instant::now();
+    shard.engine(|e| e.unsubscribe_all(conn.id, now));
+    shard.task_done(&conn);
 }
 
 /// Between a response and the next request on a kept-alive connection.
@@ -252,7 +237,9 @@ async fn after_response(shard: &Shard, conn: &Conn) {
     // connection may live.
     conn.deadline
         .set(Some(Instant::now() + shard.config.idle_timeout));
-    conn.outbox.wait_for_room().await;
+    while !shard.outbox(conn, |o| o.has_room()).unwrap_or(true) {
+        conn.space.notified().await;
+    }
     // Then the next request must arrive like a first one.
     conn.deadline
         .set(Some(Instant::now() + shard.config.handshake_timeout));
@@ -323,7 +310,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
             // The peer is done sending; let it have what we queued (a held
             // poll answers first).
             end_hold(conn).await;
-            conn.outbox.finish();
+            shard.outbox(conn, Outbox::finish);
             return Next::Gone;
         }
     };
@@ -342,8 +329,8 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
     warn!(shard = shard.id, error = %e, "request rejected");
     shard.metrics().http_error(e);
-    let _ = conn.outbox.push_response(e.to_response());
-    conn.finish(Instant::now() + shard.config.close_timeout);
+    shard.outbox(conn, |o| o.push_response(e.to_response()));
+    conn.finish(shard, Instant::now() + shard.config.close_timeout);
     Next::Close
 }
 
@@ -383,11 +370,11 @@ fn respond_with(
     let mut headers = vec![("Content-Type", content_type), ("Connection", connection)];
     headers.extend(extra);
     let resp = response(status, &headers, body);
-    let _ = conn.outbox.push_response(resp);
+    shard.outbox(conn, |o| o.push_response(resp));
     if keep {
         Next::KeepAlive
     } else {
-        conn.finish(Instant::now() + shard.config.close_timeout);
+        conn.finish(shard, Instant::now() + shard.config.close_timeout);
         Next::Close
     }
 }
@@ -396,8 +383,8 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     let keep = keep_alive(&req);
     let path = req.path();
     match (req.method.as_str(), path) {
-        (_, "/ws") => upgrade(shard, conn, &req, buf, Endpoint::PubSub).await,
-        (_, "/echo") => upgrade(shard, conn, &req, buf, Endpoint::Echo).await,
+        (_, "/ws") => upgrade(shard, conn, &req, Endpoint::PubSub),
+        (_, "/echo") => upgrade(shard, conn, &req, Endpoint::Echo),
         ("GET", "/") => respond_with(
             shard,
             conn,
@@ -455,17 +442,13 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     }
 }
 
-async fn upgrade(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    req: &Request,
-    buf: &mut BytesMut,
-    endpoint: Endpoint,
-) -> Next {
+/// Answers the upgrade; the WebSocket loop runs once the request (and its
+/// headers: up to kilobytes from a browser) is dropped.
+fn upgrade(shard: &Shard, conn: &Conn, req: &Request, endpoint: Endpoint) -> Next {
     match handshake::accept(req, &shard.policy) {
         Ok(accepted) => {
-            let _ = conn.outbox.push_response(accepted.response());
-            websocket(shard, conn, buf, endpoint).await
+            shard.outbox(conn, |o| o.push_response(accepted.response()));
+            Next::WebSocket(endpoint)
         }
         Err(e) => reject(shard, conn, e),
     }
@@ -496,7 +479,7 @@ async fn publish(
     while buf.len() < len {
         let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
         if !read_more(shard, conn, buf, want).await {
-            conn.outbox.close();
+            shard.outbox(conn, Outbox::close);
             return Next::Gone;
         }
     }
@@ -513,12 +496,19 @@ async fn publish(
             "body is not a single JSON value",
         );
     }
-    match shard.pubsub.publish_http(topic, body).await {
+    let answer = match shard.publish(topic, body, true) {
+        Ok(Some(rx)) => rx.await,
+        Ok(None) => unreachable!("an acknowledged publish has a receiver"),
+        Err(code) => Ok(Err(code)),
+    };
+    // Once shutting down, this response is the connection's last.
+    let keep = keep && !shard.is_closing();
+    match answer {
         Ok(Ok(seq)) => {
             let body = format!("{{\"seq\":{seq}}}");
             respond(shard, conn, keep, 200, "application/json", body.as_bytes())
         }
-        Ok(Err(code)) => json_error(shard, conn, keep, code, "too many topics"),
+        Ok(Err(code)) => json_error(shard, conn, keep, code, publish_refusal(code)),
         Err(_) => respond(
             shard,
             conn,
@@ -527,6 +517,14 @@ async fn publish(
             "text/plain; charset=utf-8",
             b"shutting down\n",
         ),
+    }
+}
+
+fn publish_refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Overloaded => "the broker is overloaded; retry later",
+        ErrorCode::Limit => "too many topics",
+        _ => "refused",
     }
 }
 
@@ -580,19 +578,19 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
             b"too many held polls\n",
         );
     }
-    conn.transport.set(Transport::Poll);
+    shard.set_transport(conn, Transport::Poll);
     // The request is in; holding it is bounded by `timeout_ms` (at most
     // --max-poll-timeout), not by the request deadline.
     conn.deadline.set(None);
-    if let Some(answered) = shard.pubsub.subscribe_http(conn, topic, Some(since)) {
-        let _ = answered.await;
+    if subscribe(shard, conn, topic, Some(since)).await {
+        let refused = shard.engine(|e| e.take_refusal(conn.id));
+        if let Some(code) = refused {
+            let now = Instant::now();
+            shard.engine(|e| e.take_poll(conn.id, now));
+            return json_error(shard, conn, keep, code, subscribe_refusal(code));
+        }
     }
-    if conn.refused.take().is_some() {
-        shard.pubsub.disconnect(conn);
-        conn.transport.set(Transport::WebSocket);
-        return json_error(shard, conn, keep, ErrorCode::Limit, "too many topics");
-    }
-    if conn.poll.borrow().is_empty() && conn.poll_gap.borrow().is_none() && timeout_ms > 0 {
+    if !shard.engine(|e| e.poll_ready(conn.id)) && timeout_ms > 0 {
         // Held by a task of its own: the reader goes back to reading, so a
         // client that leaves mid-hold is seen at once (see `end_hold`).
         shard.metrics().polls_held.inc();
@@ -600,7 +598,10 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
         let task = tokio_uring::spawn(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             // A timer around a wake-up, not around socket I/O: safe to drop.
-            while conn2.poll.borrow().is_empty() && !shard.is_closing() && !conn2.peer_done.get() {
+            while !shard.engine(|e| e.poll_ready(conn2.id))
+                && !shard.is_closing()
+                && !conn2.peer_done.get()
+            {
                 if tokio::time::timeout_at(deadline, conn2.poll_ready.notified())
                     .await
                     .is_err()
@@ -623,10 +624,9 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
 
 /// Answers a poll with what was collected (capped at the outbox size).
 fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
-    shard.pubsub.disconnect(conn);
-    conn.transport.set(Transport::WebSocket);
-    let frames = std::mem::take(&mut *conn.poll.borrow_mut());
-    let gap = conn.poll_gap.borrow_mut().take();
+    let now = Instant::now();
+    let (epoch, (gap, frames)) =
+        shard.engine(|e| (e.poll_epoch(conn.id), e.take_poll(conn.id, now)));
     let body = reply::poll_body(gap, &frames, shard.config.outbox_size);
     // The epoch tells a polling client whether `since` still meant this
     // instance's stream (see `Shared::epoch`).
@@ -636,9 +636,33 @@ fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
         keep && !shard.is_closing() && !conn.peer_done.get(),
         200,
         "application/json",
-        Some((EPOCH_HEADER, shard.shared.epoch())),
+        Some((EPOCH_HEADER, &epoch)),
         &body,
     )
+}
+
+/// Subscribes an SSE or long-poll connection; true once the engine has
+/// answered (false if the connection went first).
+async fn subscribe(shard: &Shard, conn: &Conn, topic: &str, since: Option<u64>) -> bool {
+    let now = Instant::now();
+    let mut flow = shard.engine(|e| e.subscribe(conn.id, topic, since, now));
+    while flow == Flow::Wait {
+        conn.resume.notified().await;
+        flow = if shard.engine(|e| e.is_waiting(conn.id)) {
+            Flow::Wait
+        } else {
+            Flow::Continue
+        };
+    }
+    true
+}
+
+fn subscribe_refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Overloaded => "the broker is overloaded; retry later",
+        ErrorCode::Limit => "too many topics",
+        _ => "refused",
+    }
 }
 
 /// `GET /sse/{topic}?since=N` (or `Last-Event-ID: N`): a Server-Sent Events
@@ -673,34 +697,32 @@ async fn sse(
         (_, Some(Some(id))) => Some(id),
         (Ok(s), None) => s,
     };
-    conn.transport.set(Transport::Sse);
-    conn.outbox.set_sse();
+    shard.set_transport(conn, Transport::Sse);
     shard.set_kind(conn, Kind::Sse);
-    let _ = conn.outbox.push_response(Bytes::from(format!(
+    let head = Bytes::from(format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
          X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\nConnection: close\r\n\r\n",
         shard.shared.epoch()
-    )));
+    ));
+    shard.outbox(conn, |o| o.push_response(head));
     conn.phase.set(Phase::Stream);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
-    if let Some(answered) = shard.pubsub.subscribe_http(conn, topic, since) {
-        let _ = answered.await;
-    }
-    if conn.refused.take().is_some() {
-        let frame = reply::error(ErrorCode::Limit, "too many topics", &None);
+    subscribe(shard, conn, topic, since).await;
+    if let Some(code) = shard.engine(|e| e.take_refusal(conn.id)) {
+        let frame = reply::error(code, subscribe_refusal(code), &None);
         let mut event = BytesMut::from(&b"event: error\ndata: "[..]);
         event.extend_from_slice(&reply::message_json(&frame));
         event.extend_from_slice(b"\n\n");
-        let _ = conn.outbox.push_response(event.freeze());
-        conn.finish(Instant::now() + shard.config.close_timeout);
+        shard.outbox(conn, |o| o.push_response(event.freeze()));
+        conn.finish(shard, Instant::now() + shard.config.close_timeout);
         return Next::Close;
     }
     // An SSE client sends nothing more; read (and discard) until it goes.
     loop {
         buf.clear();
         if !read_more(shard, conn, buf, IDLE_READ).await {
-            conn.outbox.close();
+            shard.outbox(conn, Outbox::close);
             return Next::Gone;
         }
     }
@@ -710,14 +732,22 @@ async fn sse(
 /// with a JSON body shaped like the WebSocket `error` reply. The connection
 /// is kept.
 fn json_error(shard: &Shard, conn: &Conn, keep: bool, code: ErrorCode, message: &str) -> Next {
-    let status = if code == ErrorCode::Limit { 503 } else { 400 };
+    let status = match code {
+        ErrorCode::Limit | ErrorCode::Overloaded => 503,
+        ErrorCode::Unauthorized => 401,
+        ErrorCode::Forbidden => 403,
+        _ => 400,
+    };
     let frame = reply::error(code, message, &None);
-    respond(
+    // An overloaded broker says when to come back.
+    let retry = (code == ErrorCode::Overloaded).then_some(("Retry-After", "1"));
+    respond_with(
         shard,
         conn,
         keep,
         status,
         "application/json",
+        retry,
         &reply::message_json(&frame),
     )
 }
@@ -752,6 +782,9 @@ async fn websocket(
     endpoint: Endpoint,
 ) -> Next {
     *conn.ws.borrow_mut() = Some(WebSocket::new(Role::Server, shard.config.ws_limits()));
+    if endpoint == Endpoint::PubSub {
+        shard.set_transport(conn, Transport::WebSocket);
+    }
     shard.set_kind(
         conn,
         if endpoint == Endpoint::Echo {
@@ -767,34 +800,44 @@ async fn websocket(
     let mut size = ReadSize(IDLE_READ);
     loop {
         loop {
-            let (res, open, closed) = {
+            let (res, open, closed, partial) = {
                 let mut guard = conn.ws.borrow_mut();
                 let ws = guard.as_mut().expect("set above");
                 let res = ws.poll(buf);
-                (res, ws.is_open(), ws.is_closed())
+                (res, ws.is_open(), ws.is_closed(), ws.in_message())
             };
-            conn.flush_protocol_output();
+            // A message in progress has `--message-timeout` to arrive.
+            match (partial, conn.message_started.get()) {
+                (true, None) => conn.message_started.set(Some(Instant::now())),
+                (false, Some(_)) => conn.message_started.set(None),
+                _ => {}
+            }
+            conn.flush_protocol_output(shard);
             match (res, endpoint) {
                 (Ok(Some(Event::Text(p))), Endpoint::Echo) if open => {
-                    send(conn, OpCode::Text, p).await
+                    send(shard, conn, OpCode::Text, p).await
                 }
                 (Ok(Some(Event::Binary(p))), Endpoint::Echo) if open => {
-                    send(conn, OpCode::Binary, p).await
+                    send(shard, conn, OpCode::Binary, p).await
                 }
                 (Ok(Some(Event::Text(p))), Endpoint::PubSub) if open => {
-                    // Replies come in command order: wait for an answer
-                    // that needs the topic's owner before the next command.
-                    if let Some(answered) = shard.pubsub.command(conn, &p) {
-                        let _ = answered.await;
+                    // Replies come in command order: the engine says when
+                    // the next command may come.
+                    let now = Instant::now();
+                    if shard.engine(|e| e.command(conn.id, &p, now)) == Flow::Wait {
+                        while shard.engine(|e| e.is_waiting(conn.id)) {
+                            conn.resume.notified().await;
+                        }
                     }
                 }
-                (Ok(Some(Event::Binary(_))), Endpoint::PubSub) if open => {
-                    conn.send_reply(reply::error(
+                (Ok(Some(Event::Binary(_))), Endpoint::PubSub) if open => shard.send_control(
+                    conn,
+                    reply::error(
                         ErrorCode::BadJson,
                         "commands are JSON objects in text frames",
                         &None,
-                    ))
-                }
+                    ),
+                ),
                 (Ok(Some(_)), _) => {}
                 (Ok(None), _) => break,
                 (Err(e), _) => {
@@ -802,7 +845,7 @@ async fn websocket(
                 }
             }
             if closed {
-                conn.finish(Instant::now() + shard.config.close_timeout);
+                conn.finish(shard, Instant::now() + shard.config.close_timeout);
                 return Next::Close;
             }
         }
@@ -812,16 +855,23 @@ async fn websocket(
             Some((got, asked)) => size.after(asked, got),
             None => {
                 debug!(shard = shard.id, "websocket peer went away");
-                conn.outbox.close();
+                shard.outbox(conn, Outbox::close);
                 return Next::Gone;
             }
         }
     }
 }
 
-async fn send(conn: &Conn, opcode: OpCode, payload: Bytes) {
+/// Queues an echoed frame, waiting for the writer to make room:
+/// backpressure for the one producer that may wait (the reader).
+async fn send(shard: &Shard, conn: &Conn, opcode: OpCode, payload: Bytes) {
     let (head, rest) = data_frame(opcode, payload);
-    conn.outbox.push(head, rest).await;
+    loop {
+        match shard.outbox(conn, |o| o.try_push_frame(head.clone(), rest.clone())) {
+            Some(Err(PushError::Full)) => conn.space.notified().await,
+            _ => return,
+        }
+    }
 }
 
 /// Reads and discards until the peer closes; the sweeper's deadline ends

@@ -9,8 +9,16 @@
 //! destination only if the inbox was empty: one wake-up carries many
 //! messages. Per sender, order is preserved end to end (a `Vec` appended
 //! under one lock), which the pub/sub protocol relies on.
+//!
+//! Each inbox is bounded (`--mesh-queue` messages): [`Mesh::try_send`]
+//! refuses past the bound, counting what is in the inbox and what this
+//! sender has batched for it, so a shard that falls behind pushes back on
+//! the clients that feed it instead of growing without limit. Answers and
+//! releases use [`Mesh::send`], which always queues: they are bounded by
+//! the requests that caused them.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -18,6 +26,8 @@ use tokio::sync::Notify;
 /// A shard's incoming queue, shared with every other shard.
 pub struct Inbox<M> {
     queue: Mutex<Vec<M>>,
+    /// Messages in `queue`, readable without the lock.
+    len: AtomicUsize,
     ready: Notify,
 }
 
@@ -25,6 +35,7 @@ impl<M> Default for Inbox<M> {
     fn default() -> Self {
         Inbox {
             queue: Mutex::new(Vec::new()),
+            len: AtomicUsize::new(0),
             ready: Notify::new(),
         }
     }
@@ -35,6 +46,8 @@ pub struct Mesh<M> {
     id: usize,
     inboxes: Arc<[Inbox<M>]>,
     outgoing: RefCell<Vec<Vec<M>>>,
+    /// Messages an inbox may hold (plus what one sender has batched).
+    cap: usize,
     flush_scheduled: Cell<bool>,
     flush: Notify,
 }
@@ -45,15 +58,27 @@ impl<M: Send> Mesh<M> {
         (0..shards).map(|_| Inbox::default()).collect()
     }
 
-    pub fn new(id: usize, inboxes: Arc<[Inbox<M>]>) -> Self {
+    pub fn new(id: usize, inboxes: Arc<[Inbox<M>]>, cap: usize) -> Self {
         let n = inboxes.len();
         Mesh {
             id,
             inboxes,
             outgoing: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            cap,
             flush_scheduled: Cell::new(false),
             flush: Notify::new(),
         }
+    }
+
+    /// [`Mesh::send`], unless `dst`'s inbox and this shard's batch for it
+    /// hold `cap` messages already: then `msg` comes back.
+    pub fn try_send(&self, dst: usize, msg: M) -> Result<(), M> {
+        let queued = self.inboxes[dst].len.load(Ordering::Relaxed);
+        if queued + self.outgoing.borrow()[dst].len() >= self.cap {
+            return Err(msg);
+        }
+        self.send(dst, msg);
+        Ok(())
     }
 
     /// Queues `msg` for shard `dst` (never this shard; local work is done
@@ -87,6 +112,7 @@ impl<M: Send> Mesh<M> {
             let was_empty = {
                 let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
                 let was_empty = q.is_empty();
+                inbox.len.fetch_add(batch.len(), Ordering::Relaxed);
                 q.append(batch);
                 was_empty
             };
@@ -105,6 +131,7 @@ impl<M: Send> Mesh<M> {
                 let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
                 if !q.is_empty() {
                     std::mem::swap(into, &mut *q);
+                    inbox.len.fetch_sub(into.len(), Ordering::Relaxed);
                     return;
                 }
             }
@@ -128,7 +155,7 @@ mod tests {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let mesh = Mesh::new(1, inboxes);
+                    let mesh = Mesh::new(1, inboxes, usize::MAX);
                     let mut got = Vec::new();
                     let mut batches = 0;
                     while got.len() < 1000 {
@@ -147,7 +174,7 @@ mod tests {
             .unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let mesh = std::rc::Rc::new(Mesh::new(0, inboxes));
+            let mesh = std::rc::Rc::new(Mesh::new(0, inboxes, usize::MAX));
             let flusher = {
                 let mesh = mesh.clone();
                 tokio::task::spawn_local(async move { mesh.run_flusher().await })
@@ -171,5 +198,27 @@ mod tests {
             batches <= 10,
             "100 sends in one turn travel as one batch (got {batches} batches)"
         );
+    }
+
+    #[test]
+    fn try_send_refuses_past_the_bound_and_send_does_not() {
+        let inboxes = Mesh::<u32>::inboxes(2);
+        let mesh = Mesh::new(0, inboxes.clone(), 3);
+        for i in 0..3 {
+            assert_eq!(mesh.try_send(1, i), Ok(()));
+        }
+        assert_eq!(mesh.try_send(1, 9), Err(9), "three batched: full");
+        mesh.send(1, 3);
+        mesh.flush_now();
+        assert_eq!(inboxes[1].len.load(Ordering::Relaxed), 4);
+        assert_eq!(mesh.try_send(1, 9), Err(9), "four in the inbox: full");
+        let receiver = Mesh::new(1, inboxes, 3);
+        let mut got = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(receiver.recv(&mut got));
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert_eq!(mesh.try_send(1, 4), Ok(()), "drained: room again");
     }
 }

@@ -5,7 +5,8 @@
 //! every shard accepts. [`Server::shutdown`] stops accepting, sends close
 //! 1001 to every WebSocket and waits a bounded time.
 //!
-//! The rules tokio-uring imposes (see DEVELOPERS.md), and where they live:
+//! The rules tokio-uring imposes (see `docs/architecture.md`), and where
+//! they live:
 //! 1. No in-flight read, write or accept future is ever dropped: each
 //!    connection's reader ([`conn`]) and writer ([`writer`]) and each
 //!    shard's acceptor run to completion; timeouts and shutdown act through
@@ -20,7 +21,7 @@ pub mod conn;
 pub mod demo;
 pub mod listener;
 pub mod mesh;
-pub mod pubsub;
+pub mod route;
 pub mod shard;
 pub mod writer;
 
@@ -35,11 +36,16 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::ShardMetrics;
 
-/// The little that shards share: readiness, metrics and the instance's
-/// epoch (the shutdown signal is a separate `watch`).
+/// The little that shards share: readiness, metrics, the instance's epoch
+/// and the topic placement seed (the shutdown signal is a separate
+/// `watch`, the mesh inboxes are passed to each shard).
 #[derive(Debug)]
 pub struct Shared {
     shards: usize,
+    /// Seeds the topic-to-owner hash: random per process, so that topic
+    /// names cannot be chosen to land on one shard, and the same on every
+    /// shard, so that they agree on owners.
+    placement_seed: [u64; 4],
     /// Names this broker instance (16 hex digits, random at start). History
     /// lives in memory, so seqs restart at 1 with the process; clients
     /// compare epochs to tell a resumed stream from a new one.
@@ -121,6 +127,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         shards: config.shards,
+        placement_seed: rand::random(),
         epoch: format!("{:016x}", rand::random::<u64>()),
         ready: AtomicUsize::new(0),
         metrics: (0..config.shards)
@@ -128,7 +135,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .collect(),
     });
     let (tx, rx) = watch::channel(false);
-    let inboxes = mesh::Mesh::<pubsub::Msg>::inboxes(config.shards);
+    let inboxes = mesh::Mesh::<ringcast_core::Msg>::inboxes(config.shards);
     let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(config.shards);
     for (id, l) in listeners.into_iter().enumerate() {

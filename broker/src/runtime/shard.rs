@@ -1,11 +1,14 @@
-//! A shard: one thread, one io_uring, one listener, and every connection
-//! the kernel hands that listener.
+//! A shard: one thread, one io_uring, one listener, the pub/sub engine of
+//! that shard, and every connection the kernel hands that listener.
 //!
-//! Nothing in a shard is shared with other threads except the shutdown
-//! signal and the readiness counter, so its state lives in `Rc`/`RefCell`
-//! and needs no locks. Time-based rules (handshake, idle and close
-//! timeouts, keep-alive pings) are enforced by one sweeper task per shard
-//! scanning the connection table, instead of one timer per connection.
+//! A shard's state lives in `Rc`/`RefCell` and needs no locks. What it
+//! shares with other threads is listed in `docs/architecture.md`: the mesh
+//! inboxes (mutexed queues, one lock per batch), the metrics blocks (each
+//! written by its shard only), the frames' reference counts (a published
+//! frame is shared by every shard that delivers it), and the shutdown and
+//! readiness signals. Time-based rules (handshake, idle, message and close
+//! timeouts, keep-alive pings, history expiry) are enforced by one sweeper
+//! task per shard instead of one timer per connection.
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
@@ -14,21 +17,26 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use slab::Slab;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use ringcast_core::outbox::{Outbox, PushError};
+use ringcast_core::wire::command::ErrorCode;
+use ringcast_core::{AllowAll, ConnId, Engine, Grant, Msg, Output, Placement, Transport};
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::handshake::StaticPolicy;
+
 use super::conn::{self, Conn, Phase};
 use super::mesh::{Inbox, Mesh};
-use super::pubsub::{Msg, PubSub};
+use super::route::MeshRoute;
 use super::writer::run_writer;
 use super::Shared;
 use crate::config::Config;
 use crate::error::HttpError;
 use crate::metrics::{Kind, ShardMetrics};
-use ringcast_proto::close::CloseCode;
-use ringcast_proto::handshake::StaticPolicy;
 
 /// Connections past the limit still get a `503` response, up to this many
 /// extra; beyond that they are closed without a word.
@@ -39,8 +47,13 @@ pub struct Shard {
     pub config: Arc<Config>,
     pub policy: StaticPolicy,
     pub shared: Arc<Shared>,
-    pub pubsub: PubSub,
-    conns: RefCell<Slab<Rc<Conn>>>,
+    engine: RefCell<Engine<MeshRoute>>,
+    /// Indexed by `ConnId::index()`.
+    conns: RefCell<Vec<Option<Rc<Conn>>>>,
+    open: Cell<usize>,
+    /// HTTP publishes waiting for their seq, by the token the engine
+    /// echoes in `Output::Published`.
+    publishes: RefCell<Slab<oneshot::Sender<Result<u64, ErrorCode>>>>,
     closing: Cell<bool>,
     emptied: Notify,
 }
@@ -61,29 +74,172 @@ impl Shard {
         self.metrics().connection(kind).inc();
     }
 
+    fn conn(&self, id: ConnId) -> Option<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .get(id.index())
+            .and_then(|c| c.clone())
+            .filter(|c| c.id == id)
+    }
+
+    /// Runs `f` on the engine, then carries out what it asked for.
+    pub fn engine<T>(&self, f: impl FnOnce(&mut Engine<MeshRoute>) -> T) -> T {
+        let r = f(&mut self.engine.borrow_mut());
+        self.run_outputs();
+        r
+    }
+
+    /// Runs `f` on a connection's outbox and wakes its writer if that
+    /// made work for it. `None` once the connection is gone.
+    pub fn outbox<T>(&self, conn: &Conn, f: impl FnOnce(&mut Outbox) -> T) -> Option<T> {
+        let mut engine = self.engine.borrow_mut();
+        let o = engine.outbox(conn.id)?;
+        let r = f(o);
+        if o.take_wake() {
+            conn.work.notify_one();
+        }
+        Some(r)
+    }
+
+    /// Queues a protocol frame (pong, close) like a reply: past the outbox
+    /// bound, within its slack. A peer that lets even these pile up is not
+    /// reading; it is cut off.
+    pub fn send_control(&self, conn: &Conn, frame: Bytes) {
+        if self.outbox(conn, |o| o.push_control(frame)) == Some(Err(PushError::Full)) {
+            debug!("peer does not read its replies; dropping it");
+            self.outbox(conn, Outbox::close);
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn run_outputs(&self) {
+        loop {
+            let next = self.engine.borrow_mut().poll_output();
+            let Some(out) = next else { break };
+            match out {
+                Output::Wake(id) => {
+                    if let Some(c) = self.conn(id) {
+                        c.work.notify_one();
+                    }
+                }
+                Output::Resume(id) => {
+                    if let Some(c) = self.conn(id) {
+                        c.resume.notify_one();
+                    }
+                }
+                Output::Drop(id) => {
+                    if let Some(c) = self.conn(id) {
+                        debug!(
+                            shard = self.id,
+                            "peer does not read its replies; dropping it"
+                        );
+                        c.work.notify_one();
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                    }
+                }
+                Output::SlowClose(id) => {
+                    if let Some(c) = self.conn(id) {
+                        self.slow_close(&c);
+                    }
+                }
+                Output::PollReady(id) => {
+                    if let Some(c) = self.conn(id) {
+                        c.poll_ready.notify_one();
+                    }
+                }
+                Output::Published { token, result } => {
+                    if let Some(tx) = self.publishes.borrow_mut().try_remove(token as usize) {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+        self.sync_metrics();
+    }
+
+    /// The slow-consumer policy dropped `conn` (the engine already
+    /// discarded or finished its queue).
+    fn slow_close(&self, conn: &Conn) {
+        debug!(shard = self.id, "slow consumer disconnected");
+        let deadline = Instant::now() + self.config.close_timeout;
+        if conn.phase.get() == Phase::WebSocket {
+            conn.start_close(self, CloseCode::POLICY, "slow consumer", deadline);
+        } else {
+            conn.deadline.set(Some(deadline));
+        }
+    }
+
+    /// Copies the engine's counters into this shard's metrics block.
+    fn sync_metrics(&self) {
+        let engine = self.engine.borrow();
+        let s = engine.stats();
+        let m = self.metrics();
+        m.published.set(s.published);
+        m.delivered.set(s.delivered);
+        m.subscriptions.set(s.subscriptions);
+        m.topics.set(s.topics);
+        m.retained_bytes.set(s.retained_bytes);
+        m.slow_disconnects.set(s.slow_disconnects);
+        m.slow_conflations.set(s.slow_conflations);
+        m.overloaded.set(s.overloaded);
+        m.deliveries_dropped.set(s.deliveries_dropped);
+        m.history_evicted.set(s.history_evicted);
+        m.history_expired.set(s.history_expired);
+    }
+
+    /// `POST /publish` and the demo feeder: publishes and, if asked,
+    /// returns a receiver for the seq.
+    pub fn publish(
+        &self,
+        topic: &str,
+        data: Bytes,
+        ack: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<u64, ErrorCode>>>, ErrorCode> {
+        let (token, rx) = if ack {
+            let (tx, rx) = oneshot::channel();
+            (
+                Some(self.publishes.borrow_mut().insert(tx) as u64),
+                Some(rx),
+            )
+        } else {
+            (None, None)
+        };
+        let now = Instant::now();
+        let result = self.engine(|e| e.publish(topic, data, token, now));
+        if result.is_err() {
+            if let Some(t) = token {
+                self.publishes.borrow_mut().remove(t as usize);
+            }
+        }
+        result.map(|()| rx)
+    }
+
     /// Called by the reader and the writer as each ends; the second one
-    /// removes the connection from the table.
-    pub fn task_done(&self, key: usize, conn: &Conn) {
+    /// removes the connection.
+    pub fn task_done(&self, conn: &Conn) {
         let left = conn.tasks.get() - 1;
         conn.tasks.set(left);
-        if left == 0 {
-            let m = self.metrics();
-            m.connection(conn.kind.get()).dec();
-            let close = conn.ws.borrow().as_ref().and_then(|ws| ws.close_sent());
-            if let Some(code) = close {
-                m.close_sent(code);
-            }
-            debug!(shard = self.id, conn = key, kind = ?conn.kind.get(), close = ?close.map(|c| c.0), "closed");
-            let mut conns = self.conns.borrow_mut();
-            conns.remove(key);
-            if conns.is_empty() {
-                self.emptied.notify_one();
-            }
+        if left > 0 {
+            return;
+        }
+        let m = self.metrics();
+        m.connection(conn.kind.get()).dec();
+        let close = conn.ws.borrow().as_ref().and_then(|ws| ws.close_sent());
+        if let Some(code) = close {
+            m.close_sent(code);
+        }
+        debug!(shard = self.id, conn = conn.id.index(), kind = ?conn.kind.get(), close = ?close.map(|c| c.0), "closed");
+        let now = Instant::now();
+        self.engine(|e| e.close(conn.id, now));
+        self.conns.borrow_mut()[conn.id.index()] = None;
+        self.open.set(self.open.get() - 1);
+        if self.open.get() == 0 {
+            self.emptied.notify_one();
         }
     }
 
     fn admit(self: &Rc<Self>, stream: TcpStream, peer: std::net::SocketAddr) {
-        let count = self.conns.borrow().len();
+        let count = self.open.get();
         if count >= self.config.max_connections + OVERLOAD_SLACK {
             return; // dropping the stream closes it
         }
@@ -91,78 +247,113 @@ impl Shard {
         self.metrics().accepted.inc();
         self.metrics().connection(Kind::Http).inc();
         let now = Instant::now();
-        let conn = Rc::new(Conn::new(
-            stream,
-            self.config.outbox_size,
-            now + self.config.handshake_timeout,
-        ));
-        let key = self.conns.borrow_mut().insert(conn.clone());
-        debug!(shard = self.id, conn = key, %peer, "accepted");
+        let id = self.engine(|e| e.open(Grant::default()));
+        let conn = Rc::new(Conn::new(id, stream, now + self.config.handshake_timeout));
+        {
+            let mut conns = self.conns.borrow_mut();
+            if conns.len() <= id.index() {
+                conns.resize(id.index() + 1, None);
+            }
+            conns[id.index()] = Some(conn.clone());
+        }
+        self.open.set(count + 1);
+        debug!(shard = self.id, conn = id.index(), %peer, "accepted");
         let writer = {
             let shard = self.clone();
             let conn = conn.clone();
             async move {
-                run_writer(&conn.stream, &conn.outbox, shard.metrics()).await;
-                shard.task_done(key, &conn);
+                run_writer(&shard, &conn).await;
+                shard.task_done(&conn);
             }
         };
         tokio_uring::spawn(writer);
         if count >= self.config.max_connections {
             debug!(shard = self.id, "connection limit reached");
-            let _ = conn.outbox.try_push(HttpError::Overloaded.to_response());
-            conn.outbox.finish();
+            self.outbox(&conn, |o| {
+                let _ = o.try_push(HttpError::Overloaded.to_response());
+                o.finish();
+            });
             conn.phase.set(Phase::Closing);
             conn.deadline.set(Some(now + self.config.close_timeout));
             let shard = self.clone();
             tokio_uring::spawn(async move {
                 conn::drain_only(&shard, &conn).await;
-                shard.task_done(key, &conn);
+                shard.task_done(&conn);
             });
             return;
         }
-        tokio_uring::spawn(conn::serve(self.clone(), conn, key));
+        tokio_uring::spawn(conn::serve(self.clone(), conn));
     }
 
-    /// Enforces deadlines and sends keep-alive pings.
+    fn each_conn(&self, mut f: impl FnMut(&Rc<Conn>)) {
+        // A snapshot: `f` may queue bytes, which borrows the engine, never
+        // the table; but it must not hold the table borrowed either.
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
+        for c in &conns {
+            f(c);
+        }
+    }
+
+    /// Enforces deadlines, sends keep-alive pings, expires history.
     fn sweep(&self, now: Instant) {
         let cfg = &self.config;
-        for (_, conn) in self.conns.borrow().iter() {
+        self.engine(|e| e.handle_timeout(now));
+        self.each_conn(|conn| {
             if let Some(deadline) = conn.deadline.get() {
                 if now >= deadline {
                     debug!(shard = self.id, phase = ?conn.phase.get(), "deadline passed");
                     let _ = conn.stream.shutdown(Shutdown::Both);
                     conn.deadline.set(None);
                 }
-                continue;
+                return;
             }
             if conn.phase.get() == Phase::Stream {
                 // SSE: a comment now and then keeps proxies from timing out.
                 if now.saturating_duration_since(conn.last_rx.get()) >= cfg.ping_interval {
-                    let _ = conn.outbox.try_push(bytes::Bytes::from_static(
-                        ringcast_core::wire::reply::SSE_HEARTBEAT,
-                    ));
+                    self.outbox(conn, |o| {
+                        let _ = o.try_push(Bytes::from_static(
+                            ringcast_core::wire::reply::SSE_HEARTBEAT,
+                        ));
+                    });
                     conn.last_rx.set(now);
                 }
-                continue;
+                return;
             }
             if conn.phase.get() != Phase::WebSocket {
-                continue;
+                return;
+            }
+            if let Some(started) = conn.message_started.get() {
+                if now.saturating_duration_since(started) >= cfg.message_timeout {
+                    debug!(shard = self.id, "message timeout");
+                    conn.message_started.set(None);
+                    conn.start_close(
+                        self,
+                        CloseCode::POLICY,
+                        "message timeout",
+                        now + cfg.close_timeout,
+                    );
+                    return;
+                }
             }
             let quiet = now.saturating_duration_since(conn.last_rx.get());
             if quiet >= cfg.idle_timeout {
                 debug!(shard = self.id, "idle timeout");
                 conn.start_close(
+                    self,
                     CloseCode::GOING_AWAY,
                     "idle timeout",
                     now + cfg.close_timeout,
                 );
             } else if quiet >= cfg.ping_interval && !conn.ping_sent.get() {
-                conn.ping();
+                conn.ping(self);
             }
-        }
+        });
     }
 
-    /// Stops accepting and starts closing every connection.
+    /// Stops accepting and starts closing every connection. Nothing owed
+    /// is lost: a held poll answers (with what it has) and a `POST
+    /// /publish` in flight gets its response before its connection ends;
+    /// only then does the writer half-close.
     fn begin_shutdown(&self, listener_fd: RawFd) {
         self.closing.set(true);
         // Wakes the pending accept, which then fails and ends the loop.
@@ -171,36 +362,46 @@ impl Shard {
             libc::shutdown(listener_fd, libc::SHUT_RDWR);
         }
         let deadline = Instant::now() + self.config.shutdown_grace;
-        for (_, conn) in self.conns.borrow().iter() {
-            match conn.phase.get() {
-                Phase::WebSocket => {
-                    conn.start_close(CloseCode::GOING_AWAY, "server shutting down", deadline)
-                }
-                Phase::Http => {
-                    // A held long-poll answers now (with what it has).
-                    conn.poll_ready.notify_one();
-                    let _ = conn.stream.shutdown(Shutdown::Both);
-                }
-                Phase::Stream => {
-                    conn.outbox.finish();
-                    conn.deadline.set(Some(deadline));
-                }
-                Phase::Closing => {}
+        self.each_conn(|conn| match conn.phase.get() {
+            Phase::WebSocket => conn.start_close(
+                self,
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+                deadline,
+            ),
+            Phase::Http => {
+                // A held long-poll answers now (with what it has); a reader
+                // waiting for a request sees the end of input and finishes
+                // after what is queued. Shutting the write side here would
+                // lose an answer not yet queued.
+                conn.poll_ready.notify_one();
+                let _ = conn.stream.shutdown(Shutdown::Read);
+                conn.deadline.set(Some(deadline));
             }
-        }
+            Phase::Stream => {
+                self.outbox(conn, Outbox::finish);
+                conn.deadline.set(Some(deadline));
+            }
+            Phase::Closing => {}
+        });
     }
 
     fn abort_all(&self) {
-        for (_, conn) in self.conns.borrow().iter() {
+        self.each_conn(|conn| {
             let _ = conn.stream.shutdown(Shutdown::Both);
-            conn.outbox.close();
-        }
+            self.outbox(conn, Outbox::close);
+        });
     }
 
     async fn drained(&self) {
-        while !self.conns.borrow().is_empty() {
+        while self.open.get() > 0 {
             self.emptied.notified().await;
         }
+    }
+
+    /// A WebSocket subscriber's transport (the engine's view of it).
+    pub fn set_transport(&self, conn: &Conn, t: Transport) {
+        self.engine(|e| e.set_transport(conn.id, t));
     }
 }
 
@@ -211,6 +412,7 @@ fn sweep_period(cfg: &Config) -> Duration {
         cfg.ping_interval,
         cfg.close_timeout,
         cfg.idle_timeout,
+        cfg.message_timeout,
     ]
     .into_iter()
     .min()
@@ -249,9 +451,16 @@ pub async fn run(
 ) {
     let listener = TcpListener::from_std(listener);
     let listener_fd = listener.as_raw_fd();
-    let mesh = Rc::new(Mesh::new(id, inboxes));
+    let mesh = Rc::new(Mesh::new(id, inboxes, config.mesh_queue));
+    let engine = Engine::new(
+        id,
+        Placement::new(config.shards, shared.placement_seed),
+        config.limits(),
+        shared.epoch(),
+        MeshRoute(mesh.clone()),
+        Box::new(AllowAll),
+    );
     let shard = Rc::new(Shard {
-        pubsub: PubSub::new(id, mesh.clone(), config.clone(), shared.clone()),
         id,
         policy: StaticPolicy {
             origins: config.allowed_origins.clone(),
@@ -259,7 +468,10 @@ pub async fn run(
         },
         config,
         shared: shared.clone(),
-        conns: RefCell::new(Slab::new()),
+        engine: RefCell::new(engine),
+        conns: RefCell::new(Vec::new()),
+        open: Cell::new(0),
+        publishes: RefCell::new(Slab::new()),
         closing: Cell::new(false),
         emptied: Notify::new(),
     });
@@ -273,9 +485,12 @@ pub async fn run(
             let mut batch = Vec::new();
             loop {
                 mesh.recv(&mut batch).await;
-                for msg in batch.drain(..) {
-                    shard.pubsub.handle(msg);
-                }
+                let now = Instant::now();
+                shard.engine(|e| {
+                    for msg in batch.drain(..) {
+                        e.handle(msg, now);
+                    }
+                });
             }
         })
     };
@@ -306,7 +521,7 @@ pub async fn run(
     if tokio::time::timeout(grace, shard.drained()).await.is_err() {
         warn!(
             shard = id,
-            left = shard.conns.borrow().len(),
+            left = shard.open.get(),
             "grace period over, dropping connections"
         );
         shard.abort_all();

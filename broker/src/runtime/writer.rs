@@ -1,8 +1,8 @@
 //! The one task per connection that writes its socket.
 //!
-//! It drains the connection's [`Outbox`] with `writev` (at most
-//! [`MAX_IOVECS`] buffers per call), resubmits after partial writes, and is
-//! never cancelled: an in-flight `writev` always runs to completion
+//! It drains the connection's outbox (kept by the engine) with `writev` (at
+//! most [`MAX_IOVECS`] buffers per call), resubmits after partial writes,
+//! and is never cancelled: an in-flight `writev` always runs to completion
 //! (tokio-uring does not cancel kernel operations when a future is
 //! dropped). `Bytes` is an owned io_uring buffer (tokio-uring's `bytes`
 //! feature), so a frame shared by many outboxes is written from the same
@@ -13,38 +13,42 @@ use std::net::Shutdown;
 use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 
-use crate::metrics::ShardMetrics;
-use crate::outbox::{Outbox, State};
+use ringcast_core::outbox::{Outbox, State};
+
+use super::conn::Conn;
+use super::shard::Shard;
 
 /// Buffers handed to one `writev`; well under IOV_MAX.
 const MAX_IOVECS: usize = 64;
 
-/// The writer task: drains `outbox` into `stream` until finished or closed.
-pub async fn run_writer(stream: &TcpStream, outbox: &Outbox, metrics: &ShardMetrics) {
+/// The writer task: drains the outbox into the socket until finished or
+/// closed.
+pub async fn run_writer(shard: &Shard, conn: &Conn) {
     let mut iov: Vec<Bytes> = Vec::new();
     loop {
-        loop {
-            let empty = outbox.is_empty();
-            match outbox.state() {
+        let state = shard.engine(|e| e.take_batch(conn.id, &mut iov, MAX_IOVECS));
+        if iov.is_empty() {
+            match state {
                 State::Closed => return,
-                State::Finishing if empty => {
-                    let _ = stream.shutdown(Shutdown::Write);
+                State::Finishing => {
+                    let _ = conn.stream.shutdown(Shutdown::Write);
                     return;
                 }
-                _ if !empty => break,
-                State::Open => outbox.wait_for_work().await,
-                State::Finishing => unreachable!("handled above"),
+                State::Open => {
+                    conn.work.notified().await;
+                    continue;
+                }
             }
         }
-        outbox.take_batch(&mut iov, MAX_IOVECS);
         let batch: usize = iov.iter().map(Bytes::len).sum();
-        if !write_all_vectored(stream, &mut iov).await {
-            outbox.close();
-            let _ = stream.shutdown(Shutdown::Both);
+        if !write_all_vectored(&conn.stream, &mut iov).await {
+            shard.outbox(conn, Outbox::close);
+            let _ = conn.stream.shutdown(Shutdown::Both);
             return;
         }
-        outbox.written(batch);
-        metrics.bytes_out.add(batch as u64);
+        shard.engine(|e| e.written(conn.id, batch));
+        conn.space.notify_one();
+        shard.metrics().bytes_out.add(batch as u64);
     }
 }
 
