@@ -26,6 +26,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requ
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "minimum Rust version (Cargo.toml's rust-version against Cargo.lock)"
+scripts/check-msrv.sh
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
