@@ -147,3 +147,112 @@ pub trait Route {
     /// losing one would leak state on the other side.
     fn send(&mut self, dst: ShardId, msg: Msg);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{AllowAll, Engine, Grant, Limits, Output, Transport};
+
+    #[test]
+    fn placement_is_seeded_per_process_and_agreed_by_every_shard() {
+        let topics: Vec<String> = (0..64).map(|i| format!("t.{i}")).collect();
+        let owners = |seed| -> Vec<ShardId> {
+            let p = Placement::new(4, seed);
+            topics.iter().map(|t| p.owner(t)).collect()
+        };
+        assert_eq!(
+            owners([1, 2, 3, 4]),
+            owners([1, 2, 3, 4]),
+            "same seed, same owners"
+        );
+        assert_ne!(
+            owners([1, 2, 3, 4]),
+            owners([5, 6, 7, 8]),
+            "another process (seed) places names elsewhere"
+        );
+    }
+
+    /// Records what an engine sends to other shards.
+    #[derive(Default)]
+    struct Log(Vec<(ShardId, Msg)>);
+
+    impl Route for Log {
+        fn try_send(&mut self, dst: ShardId, msg: Msg) -> Result<(), Msg> {
+            self.0.push((dst, msg));
+            Ok(())
+        }
+        fn send(&mut self, dst: ShardId, msg: Msg) {
+            self.0.push((dst, msg));
+        }
+    }
+
+    /// Two engines wired by hand: a publish from shard 0 to a topic shard 1
+    /// owns. Without an `id` nothing comes back when it succeeds (the
+    /// acknowledgement round trip the old broker always paid); with one,
+    /// the seq does.
+    #[test]
+    fn a_publish_without_id_costs_no_acknowledgement() {
+        let placement = Placement::new(2, [9, 9, 9, 9]);
+        let topic = (0..)
+            .map(|i| format!("t.{i}"))
+            .find(|t| placement.owner(t) == 1)
+            .unwrap();
+        let engine = |shard| {
+            Engine::new(
+                shard,
+                placement.clone(),
+                Limits::default(),
+                "e",
+                Log::default(),
+                Box::new(AllowAll),
+            )
+        };
+        let (mut p, mut o) = (engine(0), engine(1));
+        let now = Instant::now();
+        let c = p.open(Grant::default());
+        p.set_transport(c, Transport::WebSocket);
+        let mut to_owner = |p: &mut Engine<Log>, cmd: String| {
+            p.command(c, &Bytes::from(cmd), now);
+            std::mem::take(&mut p.route_mut().0)
+        };
+        let sent = to_owner(
+            &mut p,
+            format!(r#"{{"op":"publish","topic":"{topic}","data":1}}"#),
+        );
+        assert_eq!(sent.len(), 1);
+        for (dst, msg) in sent {
+            assert_eq!(dst, 1);
+            o.handle(msg, now);
+        }
+        assert!(o.route().0.is_empty(), "no PubAck: {:?}", o.route().0);
+        let sent = to_owner(
+            &mut p,
+            format!(r#"{{"op":"publish","topic":"{topic}","data":2,"id":7}}"#),
+        );
+        for (_, msg) in sent {
+            o.handle(msg, now);
+        }
+        let back = std::mem::take(&mut o.route_mut().0);
+        assert!(
+            matches!(&back[..], [(0, Msg::PubAck { result: Ok(2), .. })]),
+            "{back:?}"
+        );
+        for (_, msg) in back {
+            p.handle(msg, now);
+        }
+        while let Some(out) = p.poll_output() {
+            assert!(matches!(out, Output::Wake(_)), "{out:?}");
+        }
+        let mut bytes = Vec::new();
+        p.take_batch(c, &mut bytes, 8);
+        let reply = crate::wire::reply::message_json(&bytes[0]);
+        assert_eq!(
+            &reply[..],
+            format!(r#"{{"op":"published","topic":"{topic}","seq":2,"id":7}}"#).as_bytes()
+        );
+    }
+}
