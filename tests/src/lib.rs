@@ -241,20 +241,66 @@ impl RawWs {
         self.send_raw(&client_frame(fin, opcode, payload));
     }
 
-    /// Reads the next frame: (fin, opcode, payload). `None` if the server
-    /// closed the TCP connection first.
+    /// Sends one text frame (on `/ws`: one JSON command).
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, OpCode::Text, text.as_bytes());
+    }
+
+    /// `subscribe` on `/ws` (with `since` if given); the `subscribed` reply
+    /// must be the next message. Returns that reply (it has the `epoch`).
+    pub fn subscribe(&mut self, topic: &str, since: Option<u64>) -> serde_json::Value {
+        let since = since.map_or(String::new(), |s| format!(r#","since":{s}"#));
+        self.send_text(&format!(
+            r#"{{"op":"subscribe","topic":"{topic}"{since},"id":"s:{topic}"}}"#
+        ));
+        let r = self.next_json();
+        assert!(
+            r["op"] == "subscribed" && r["topic"] == topic && r["id"] == format!("s:{topic}"),
+            "expected subscribed to {topic}, got {r}"
+        );
+        r
+    }
+
+    /// `publish` with an id on `/ws`; the `published` reply must be the
+    /// next message. Returns its seq.
+    pub fn publish(&mut self, topic: &str, data: &str) -> u64 {
+        self.send_text(&format!(
+            r#"{{"op":"publish","topic":"{topic}","data":{data},"id":"p:{topic}"}}"#
+        ));
+        let r = self.next_json();
+        assert!(
+            r["op"] == "published" && r["topic"] == topic && r["id"] == format!("p:{topic}"),
+            "expected published on {topic}, got {r}"
+        );
+        r["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {r}"))
+    }
+
     /// The next text message, parsed as JSON (control frames skipped).
     pub fn next_json(&mut self) -> serde_json::Value {
         loop {
             match self.read_frame() {
                 Some((_, OpCode::Text, p)) => return serde_json::from_slice(&p).unwrap(),
+                Some((_, OpCode::Close, p)) => panic!(
+                    "close {:?} {:?} while waiting for a text message",
+                    (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]])),
+                    String::from_utf8_lossy(p.get(2..).unwrap_or(&[]))
+                ),
                 Some(_) => continue,
                 None => panic!("connection closed while waiting for a text message"),
             }
         }
     }
 
+    /// Reads the next frame: (fin, opcode, payload). `None` if the server
+    /// closed the TCP connection first.
     pub fn read_frame(&mut self) -> Option<(bool, OpCode, Vec<u8>)> {
+        self.try_read_frame()
+            .unwrap_or_else(|e| panic!("read failed: {e}"))
+    }
+
+    /// [`RawWs::read_frame`], but a failed read (such as the stream's read
+    /// timeout running out) is returned instead of failing the test.
+    pub fn try_read_frame(&mut self) -> std::io::Result<Option<(bool, OpCode, Vec<u8>)>> {
         loop {
             if let Some((h, n)) =
                 FrameHeader::decode(&self.buf).expect("server sent a valid header")
@@ -263,15 +309,15 @@ impl RawWs {
                 let total = n + h.payload_len as usize;
                 if self.buf.len() >= total {
                     let frame = self.buf.split_to(total);
-                    return Some((h.fin, h.opcode, frame[n..].to_vec()));
+                    return Ok(Some((h.fin, h.opcode, frame[n..].to_vec())));
                 }
             }
             let mut chunk = vec![0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read failed: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -445,9 +491,9 @@ impl HttpConn {
         self.read_response().expect("a response")
     }
 
-    /// `POST path` with `Content-Length`, keeping the connection alive;
-    /// returns the response.
-    pub fn post(&mut self, path: &str, body: &[u8]) -> HttpResponse {
+    /// Sends `POST path` with `Content-Length` without reading the
+    /// response (to have many requests in flight at once).
+    pub fn send_post(&mut self, path: &str, body: &[u8]) {
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
@@ -455,6 +501,12 @@ impl HttpConn {
         .into_bytes();
         req.extend_from_slice(body);
         self.send_raw(&req);
+    }
+
+    /// `POST path` with `Content-Length`, keeping the connection alive;
+    /// returns the response.
+    pub fn post(&mut self, path: &str, body: &[u8]) -> HttpResponse {
+        self.send_post(path, body);
         self.read_response()
             .unwrap_or_else(|| panic!("connection closed before the response to POST {path}"))
     }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_e2e::{broker_binary, tcp, Broker, RawWs};
+use ringcast_e2e::{broker_binary, metric_sum, tcp, wait_until, Broker, HttpConn, RawWs};
 use ringcast_proto::frame::OpCode;
 
 /// Upper bound for anything that must "eventually" happen.
@@ -269,6 +269,40 @@ fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let stderr = broker.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A long-poll held at SIGTERM is answered before its connection ends:
+/// `200` with a JSON array (what arrived, here nothing) and
+/// `Connection: close`, not a bare EOF.
+#[test]
+fn sigterm_answers_a_held_long_poll_before_closing() {
+    let mut broker = Broker::start(&["--shards", "2", "--shutdown-grace", "60s"]);
+    let addr = broker.addr;
+    let mut poll = HttpConn::connect(addr);
+    // Held far beyond WAIT: only the shutdown can answer it in time.
+    poll.send_raw(b"GET /poll/shut.p?timeout_ms=30000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the poll is held", || {
+        metric_sum(addr, "ringcast_polls_held", "") == 1
+    });
+    broker.signal(libc::SIGTERM);
+    poll.stream.set_read_timeout(Some(WAIT)).unwrap();
+    let r = poll
+        .read_response()
+        .expect("the held poll got no answer: the connection ended first");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(r.json().is_array(), "not a JSON array: {}", r.body_text());
+    assert_eq!(
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("close"),
+        "{:?}",
+        r.headers
+    );
+    poll.expect_eof();
+    drop(poll);
+    let status = broker.wait_exit(WAIT).expect("still running after SIGTERM");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringcast_e2e::{tcp, Broker, RawWs};
@@ -614,4 +616,50 @@ fn non_http_bytes_get_400_without_waiting_for_a_blank_line() {
         400,
         "header line without a colon",
     );
+}
+
+/// A message in progress must arrive whole within `--message-timeout`:
+/// a client that sends the header of a 1 MiB text frame and then trickles
+/// its payload a byte every 100 ms (each byte resetting the idle clock) is
+/// closed with 1008 "message timeout" instead of being kept for as long
+/// as it trickles.
+#[test]
+fn a_trickled_message_is_closed_after_the_message_timeout() {
+    let broker = Broker::start(&["--shards", "1", "--message-timeout", "1s"]);
+    for path in ["/ws", "/echo"] {
+        let mut ws = RawWs::connect(broker.addr, path);
+        let head = header_only(true, OpCode::Text, 1 << 20);
+        let mask: [u8; 4] = head[head.len() - 4..].try_into().unwrap();
+        let mut writer = ws.stream.try_clone().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let trickle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Then masked spaces: valid UTF-8, never the whole message.
+                let payload = (0..).map(|i| b' ' ^ mask[i % 4]);
+                for b in std::iter::once(head).chain(payload.map(|b| vec![b])) {
+                    if stop.load(Ordering::Relaxed) || writer.write_all(&b).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        ws.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let got = ws.try_read_frame();
+        stop.store(true, Ordering::Relaxed);
+        trickle.join().unwrap();
+        match got {
+            Ok(Some((true, OpCode::Close, p))) if p.len() >= 2 => {
+                assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1008, "{path}: close code");
+                assert_eq!(
+                    String::from_utf8_lossy(&p[2..]),
+                    "message timeout",
+                    "{path}: close reason"
+                );
+            }
+            Ok(other) => panic!("{path}: expected close 1008, got {other:?}"),
+            Err(e) => panic!("{path}: no close {WAIT:?} into a trickled message ({e})"),
+        }
+    }
 }

@@ -801,6 +801,50 @@ async fn pipelined_subscribe_then_unsubscribe_gets_both_replies_in_order() {
     .await;
 }
 
+/// Replies come in command order, whoever answers: a `publish` with an id
+/// is answered by its topic's owner shard (often another one), an
+/// `unsubscribe` by the client's own shard at once. Pipelined pairs of the
+/// two, over many topics, must still be answered in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publish_and_unsubscribe_replies_come_in_command_order() {
+    const PAIRS: usize = 300;
+    let broker = start(&[]);
+    let url = broker.url("/ws");
+    bounded("reply order", async {
+        let mut c = Client::connect(&url).await;
+        let mut sent = Vec::new();
+        for n in 0..PAIRS {
+            c.feed(format!(
+                r#"{{"op":"publish","topic":"order.t{n}","data":{n},"id":"p {n}"}}"#
+            ))
+            .await;
+            c.feed(format!(
+                r#"{{"op":"unsubscribe","topic":"x.{n}","id":"u {n}"}}"#
+            ))
+            .await;
+            sent.push(format!("p {n}"));
+            sent.push(format!("u {n}"));
+        }
+        c.flush().await;
+        for (i, want) in sent.iter().enumerate() {
+            let r = c.recv().await;
+            assert_eq!(
+                r.v["id"], **want,
+                "reply {i} answers the wrong command (replies out of order): {}",
+                r.text
+            );
+            let n = i / 2;
+            if i % 2 == 0 {
+                r.expect("published", &format!("order.t{n}"));
+                assert_eq!(r.seq(), 1, "{}", r.text);
+            } else {
+                r.expect("unsubscribed", &format!("x.{n}"));
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnected_subscribers_are_cleaned_up() {
     // 500 connections subscribe and go away: half after `subscribed`, half
