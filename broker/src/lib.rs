@@ -9,6 +9,7 @@
 //!   `tokio-uring`) and the `ringcast` binary ([`config`], [`metrics`],
 //!   [`demo`]).
 
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -280,17 +280,25 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return Flow::Continue;
         };
+        if s.slow {
+            // Being closed (slow consumer): what it still sends is not
+            // answered, nothing may follow the close.
+            return Flow::Continue;
+        }
         if s.waiting {
             // The runtime waits for Resume; a command handed over anyway
-            // runs in turn (one at most: the reader stops here).
-            if s.parked.is_none() {
-                s.parked = Some(payload.clone());
+            // runs in turn (one at most: the reader stops here). It queues
+            // behind a command already parked: it replaced nothing, but it
+            // was dropped (never answered) when one was.
+            if s.parked.len() < 2 {
+                s.parked.push_back(payload.clone());
             }
             return Flow::Wait;
         }
+        let mark = self.out.len();
         self.run_command(conn, payload.clone());
         self.drain_inbox(now);
-        self.flow(conn)
+        self.flow_after(conn, mark)
     }
 
     fn flow(&self, conn: ConnId) -> Flow {
@@ -299,6 +307,27 @@ impl<R: Route> Engine<R> {
         } else {
             Flow::Continue
         }
+    }
+
+    /// The flow to return from an entry point that started at output
+    /// `mark`. A wait that began and ended within the call (the owner is
+    /// this shard, so its answer came at once) is told by the `Continue`
+    /// returned; its `Resume` is withdrawn. Left in, it reached a reader
+    /// that was not waiting, and a runtime that waits on a notification
+    /// (which keeps a permit) would later read past a real `Wait`.
+    fn flow_after(&mut self, conn: ConnId, mark: usize) -> Flow {
+        let flow = self.flow(conn);
+        if flow == Flow::Continue {
+            let mut i = mark;
+            while i < self.out.len() {
+                if self.out[i] == Output::Resume(conn) {
+                    self.out.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        flow
     }
 
     fn run_command(&mut self, conn: ConnId, payload: Bytes) {
@@ -310,8 +339,8 @@ impl<R: Route> Engine<R> {
         let publish = matches!(parsed, Ok(Command::Publish { .. }));
         if !s.owed.is_empty() && (!publish || s.owed.len() >= max_owed) {
             // Its reply would overtake the ones owed (or too many are
-            // owed): it runs once they are out.
-            s.parked = Some(payload);
+            // owed): it runs once they are out, first of those parked.
+            s.parked.push_front(payload);
             s.waiting = true;
             return;
         }
@@ -335,6 +364,13 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return;
         };
+        if s.slow {
+            // Dropped by the slow-consumer policy: the runtime's close is
+            // the last thing it gets. Queued now, a reply followed the
+            // discarded ones (out of order) and came before (or after) the
+            // close frame.
+            return;
+        }
         if s.outbox.push_control(frame) == Err(PushError::Full) {
             s.outbox.close();
             self.out.push_back(Output::Drop(conn));
@@ -365,7 +401,7 @@ impl<R: Route> Engine<R> {
     }
 
     /// Sends the replies owed that are ready, in order; once none is owed,
-    /// runs the command that waited for them.
+    /// runs the commands that waited for them, in turn, until one waits.
     fn settle_owed(&mut self, conn: ConnId) {
         loop {
             let Some(s) = self.session_mut(conn) else {
@@ -379,15 +415,23 @@ impl<R: Route> Engine<R> {
             if !s.owed.is_empty() {
                 return;
             }
-            let Some(parked) = s.parked.take() else {
+            let Some(parked) = s.parked.pop_front() else {
                 return;
             };
             s.waiting = false;
             self.run_command(conn, parked);
-            if !self.is_waiting(conn) {
-                self.out.push_back(Output::Resume(conn));
+            let Some(s) = self.session_mut(conn) else {
+                return;
+            };
+            if s.waiting {
+                return;
             }
-            return;
+            if s.parked.is_empty() {
+                self.out.push_back(Output::Resume(conn));
+                return;
+            }
+            // More wait their turn: the reader still waits.
+            s.waiting = true;
         }
     }
 
@@ -402,9 +446,10 @@ impl<R: Route> Engine<R> {
         since: Option<u64>,
         now: Instant,
     ) -> Flow {
+        let mark = self.out.len();
         self.subscribe_inner(conn, topic.to_string(), since, None);
         self.drain_inbox(now);
-        self.flow(conn)
+        self.flow_after(conn, mark)
     }
 
     /// Why the last HTTP-transport subscription was refused.
@@ -550,10 +595,17 @@ impl<R: Route> Engine<R> {
             }
             (false, _) => {}
         }
-        if let Some(s) = self.session_mut(conn) {
-            if s.waiting && s.parked.is_none() {
+        // Only the answer the connection waits for settles its wait: a
+        // stale one (a poll answered before its subscription went live)
+        // resumed the next poll's subscription while it was still pending.
+        if let Some(s) = self.session_mut(conn).filter(|_| wanted) {
+            if s.waiting && s.parked.is_empty() {
                 s.waiting = false;
                 self.out.push_back(Output::Resume(conn));
+            } else if s.waiting {
+                // A command handed over while this waited runs now, in turn
+                // (it was never run: the connection waited for ever).
+                self.settle_owed(conn);
             }
         }
         self.maybe_release(&topic);
@@ -577,18 +629,35 @@ impl<R: Route> Engine<R> {
     }
 
     fn notify_skipped(&mut self, conn: ConnId, topic: &str, from: u64, to: u64) {
+        let poll_cap = self.limits.outbox_size;
         let Some(s) = self.session_mut(conn) else {
             return;
         };
         let notice = match s.transport {
             Transport::Sse => reply::sse_skipped(topic, from, to),
             Transport::Poll => {
-                s.poll_gap = Some(reply::skipped(topic, from, to));
+                // An answer is one notice, then messages in seq order. The
+                // notice goes first only if nothing was collected yet:
+                // behind replayed messages (or in place of a `gap`) it
+                // would be out of order, or lose the gap. Otherwise the
+                // answer ends here; the client polls on from its last seq
+                // and the owner's replay (or its `gap`) tells the rest.
+                if s.poll.is_empty() && s.poll_gap.is_none() {
+                    s.poll_gap = Some(reply::skipped(topic, from, to));
+                } else {
+                    s.poll_bytes = s.poll_bytes.max(poll_cap);
+                }
                 self.out.push_back(Output::PollReady(conn));
                 return;
             }
             _ => reply::skipped(topic, from, to),
         };
+        // A conflated message of the topic waiting for room was published
+        // before these seqs: the notice goes behind it (queued now, it
+        // overtook the message and the client saw the seqs out of order).
+        if s.outbox.hold_skip(topic, from, to) {
+            return;
+        }
         // A notice is owed like a reply: past the bound, within the slack.
         self.reply(conn, notice);
     }
@@ -612,6 +681,11 @@ impl<R: Route> Engine<R> {
         if let Some(sub) = s.subs.iter_mut().find(|s| s.topic == *topic) {
             sub.state = SubState::Live(slot);
         }
+        if s.slow {
+            // Closed by the slow-consumer policy while this waited for the
+            // owner: nothing more goes out (it would follow the close).
+            return;
+        }
         let transport = s.transport;
         self.send_subscribed(conn, topic, &id, snap.incarnation);
         let Some(replay) = snap.replay else {
@@ -631,8 +705,12 @@ impl<R: Route> Engine<R> {
             }
         }
         let allowance = self.limits.history.max_bytes;
+        // Once a replayed frame takes the slow-consumer path, the rest
+        // follow it: a later, smaller frame that still fit the replay
+        // allowance overtook a conflated (held) one.
+        let mut burst = transport == Transport::WebSocket;
         for (seq, frame) in replay.frames {
-            if transport == Transport::WebSocket {
+            if burst {
                 let Some(s) = self.session_mut(conn) else {
                     return;
                 };
@@ -641,9 +719,14 @@ impl<R: Route> Engine<R> {
                     self.wake(conn);
                     continue;
                 }
+                burst = false;
             }
             let mut sse = None;
             self.deliver_to(conn, topic, seq, &frame, &mut sse);
+            if self.session(conn).is_none_or(|s| s.slow) {
+                // Closed by the policy: nothing more.
+                return;
+            }
         }
     }
 
@@ -825,7 +908,9 @@ impl<R: Route> Engine<R> {
                 let Some(s) = self.session_mut(conn) else {
                     return;
                 };
+                // The token is free for reuse from now on: the slot forgets it.
                 if let Some(o) = s.owed.iter_mut().find(|o| o.token == Some(token)) {
+                    o.token = None;
                     o.reply = Some(frame);
                 }
                 self.settle_owed(conn);
@@ -1044,6 +1129,9 @@ impl<R: Route> Engine<R> {
         };
         s.poll_bytes = 0;
         s.transport = Transport::Plain;
+        // Answered: whether or not its subscription went live, the poll no
+        // longer waits (its owner's answer, when it comes, is stale).
+        s.waiting = false;
         (s.poll_gap.take(), std::mem::take(&mut s.poll))
     }
 
@@ -1051,18 +1139,185 @@ impl<R: Route> Engine<R> {
     pub fn poll_epoch(&self, conn: ConnId) -> String {
         self.epoch(self.session(conn).map_or(0, |s| s.incarnation))
     }
+
+    // ---- inspection (the simulator, property tests, fuzzing) ---------------
+
+    /// Checks the engine's bookkeeping against what it holds: the gauges in
+    /// [`Stats`] (subscriptions, topics, retained bytes), the subscriber
+    /// lists against the sessions, the requests in flight, the owner's
+    /// limits and eviction order. `Err` says what disagrees. For tests; it
+    /// walks everything.
+    #[doc(hidden)]
+    pub fn audit(&self) -> Result<(), String> {
+        self.owner.audit(&self.limits, &self.stats)?;
+        let mut live = 0;
+        let mut requests = 0;
+        for (topic, e) in &self.local {
+            if e.subs.is_empty() && e.requests == 0 {
+                return Err(format!("local {topic}: no subscriber, no request, kept"));
+            }
+            if !e.live && !e.subs.is_empty() {
+                return Err(format!(
+                    "local {topic}: subscribers before the owner's answer"
+                ));
+            }
+            requests += e.requests;
+            for (slot, &conn) in e.subs.iter() {
+                live += 1;
+                let ok = self
+                    .session(conn)
+                    .and_then(|s| s.sub(topic))
+                    .is_some_and(|s| s.state == SubState::Live(slot));
+                if !ok {
+                    return Err(format!(
+                        "local {topic}: slot {slot} -> {conn:?} not its sub"
+                    ));
+                }
+            }
+        }
+        if self.stats.subscriptions != live as i64 {
+            return Err(format!(
+                "subscriptions gauge {} but {live} live",
+                self.stats.subscriptions
+            ));
+        }
+        let subs_pending = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Sub { .. }))
+            .count();
+        if subs_pending != requests {
+            return Err(format!(
+                "{subs_pending} subscribe requests pending, local entries count {requests}"
+            ));
+        }
+        for (idx, s) in self.sessions.iter() {
+            let conn = ConnId {
+                idx: idx as u32,
+                gen: s.gen,
+            };
+            if s.subs.len() > self.limits.max_subscriptions {
+                return Err(format!("{conn:?}: {} subscriptions", s.subs.len()));
+            }
+            // The reader waits exactly while a subscription waits for its
+            // owner or commands wait their turn.
+            let pending = s
+                .subs
+                .iter()
+                .any(|x| matches!(x.state, SubState::Pending(_)));
+            if s.waiting != (pending || !s.parked.is_empty()) {
+                return Err(format!(
+                    "{conn:?}: waiting {} with a subscription pending: {pending}, {} parked",
+                    s.waiting,
+                    s.parked.len()
+                ));
+            }
+            for (i, sub) in s.subs.iter().enumerate() {
+                if s.subs[..i].iter().any(|o| o.topic == sub.topic) {
+                    return Err(format!("{conn:?}: {} twice", sub.topic));
+                }
+                let ok = match sub.state {
+                    SubState::Live(slot) => {
+                        self.local.get(&sub.topic).and_then(|e| e.subs.get(slot)) == Some(&conn)
+                    }
+                    SubState::Pending(t) => matches!(
+                        self.pending.get(t),
+                        Some(Pending::Sub { conn: c, .. }) if *c == conn
+                    ),
+                };
+                if !ok {
+                    return Err(format!("{conn:?}: {} {:?} dangling", sub.topic, sub.state));
+                }
+            }
+            for o in &s.owed {
+                if let Some(t) = o.token {
+                    let ok = matches!(
+                        self.pending.get(t),
+                        Some(Pending::WsPub { conn: c, .. }) if *c == conn
+                    );
+                    if !ok {
+                        return Err(format!("{conn:?}: owes a reply to a token it has not"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What this shard holds, for checks across shards (which shards an
+    /// owner forwards to against which shards have subscribers).
+    #[doc(hidden)]
+    pub fn inspect(&self) -> Inspect {
+        let mut owned: Vec<OwnedTopic> = self
+            .owner
+            .topics()
+            .map(|(name, t)| OwnedTopic {
+                topic: name.clone(),
+                last_seq: t.log.last_seq(),
+                incarnation: t.incarnation(),
+                interested: t.interested.clone(),
+                retained: t.log.retained().1,
+            })
+            .collect();
+        owned.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let mut local: Vec<LocalTopic> = self
+            .local
+            .iter()
+            .map(|(name, e)| LocalTopic {
+                topic: name.clone(),
+                live: e.live,
+                subscribers: e.subs.len(),
+                requests: e.requests,
+            })
+            .collect();
+        local.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Inspect {
+            owned,
+            local,
+            sessions: self.sessions.len(),
+            pending: self.pending.len(),
+        }
+    }
 }
 
-fn denial(d: Denied, what: &str, topic: &str) -> (ErrorCode, String) {
+/// A shard's state, as [`Engine::inspect`] reports it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Inspect {
+    pub owned: Vec<OwnedTopic>,
+    pub local: Vec<LocalTopic>,
+    /// Open connections.
+    pub sessions: usize,
+    /// Requests waiting for an owner's answer.
+    pub pending: usize,
+}
+
+/// A topic this shard owns.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct OwnedTopic {
+    pub topic: Arc<str>,
+    pub last_seq: u64,
+    pub incarnation: u64,
+    pub interested: Vec<ShardId>,
+    pub retained: usize,
+}
+
+/// A topic this shard has subscribers to (or requests for).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct LocalTopic {
+    pub topic: Arc<str>,
+    /// The owner has acknowledged this shard's interest.
+    pub live: bool,
+    pub subscribers: usize,
+    pub requests: usize,
+}
+
+fn denial(d: Denied, _what: &str, _topic: &str) -> (ErrorCode, String) {
     match d {
-        Denied::Unauthorized => (
-            ErrorCode::Unauthorized,
-            format!("not authorized to {what} {topic}"),
-        ),
-        _ => (
-            ErrorCode::Forbidden,
-            format!("not allowed to {what} {topic}"),
-        ),
+        Denied::Unauthorized(why) => (ErrorCode::Unauthorized, why),
+        Denied::Forbidden(why) => (ErrorCode::Forbidden, why),
     }
 }
 

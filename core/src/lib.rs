@@ -15,6 +15,7 @@ pub mod engine;
 pub mod limits;
 pub mod outbox;
 mod owner;
+pub mod pattern;
 pub mod route;
 pub mod session;
 pub mod stats;

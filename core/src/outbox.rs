@@ -39,6 +39,10 @@ struct Held {
     first: u64,
     seq: u64,
     frame: Bytes,
+    /// Seqs after `seq` that never reached this connection (dropped
+    /// between shards), reported after the frame; a newer message that
+    /// replaces the frame covers them with its own `skipped` range.
+    after: Option<(u64, u64)>,
 }
 
 /// What became of a published message.
@@ -63,8 +67,13 @@ pub struct Outbox {
     queue: VecDeque<Bytes>,
     queued: usize,
     limit: usize,
-    /// Control bytes queued since the queue was last empty.
+    /// Control bytes queued and not yet written, and where each run of
+    /// them ends in the stream (`(end, len)`, adjacent runs merged).
+    /// Counted by position, not since the queue was last empty: a client
+    /// that pipelines commands while it reads keeps the queue from ever
+    /// emptying, and must not be taken for one that never reads.
     control: usize,
+    control_runs: VecDeque<(u64, usize)>,
     /// Replay bytes of the current burst, queued past the bound; they end
     /// at byte position `replay_end` of the stream. Tracked by position,
     /// not by count: live frames queued ahead of a replay are written
@@ -91,6 +100,7 @@ impl Outbox {
             queued: 0,
             limit,
             control: 0,
+            control_runs: VecDeque::new(),
             replay: 0,
             replay_end: 0,
             enqueued: 0,
@@ -138,6 +148,15 @@ impl Outbox {
     /// response past it takes no next request until this holds.
     pub fn has_room(&self) -> bool {
         self.state != State::Open || self.queued <= self.limit
+    }
+
+    /// Whether the reader may hand over another command: the replies
+    /// waiting leave room for its reply. A client that sends commands
+    /// faster than it reads their replies is paused here, before the reply
+    /// slack runs out. Published messages do not count: a slow consumer's
+    /// `unsubscribe` must get through the queue it is drowning in.
+    pub fn can_take_command(&self) -> bool {
+        self.state != State::Open || self.control <= CONTROL_SLACK / 2
     }
 
     fn enqueue(&mut self, buf: Bytes) {
@@ -205,9 +224,9 @@ impl Outbox {
 
     /// Queues a protocol control frame (pong, close) or a reply to the
     /// client's own command behind whatever is queued, ignoring the byte
-    /// bound. Refused once [`CONTROL_SLACK`] control bytes wait behind a
-    /// queue that never empties: the peer is not reading at all and the
-    /// caller should drop it.
+    /// bound. Refused once [`CONTROL_SLACK`] control bytes are queued and
+    /// unwritten: the peer is not reading at all and the caller should
+    /// drop it.
     pub fn push_control(&mut self, buf: Bytes) -> Result<(), PushError> {
         if self.state != State::Open {
             return Err(PushError::Closed);
@@ -215,9 +234,38 @@ impl Outbox {
         if self.control + buf.len() > CONTROL_SLACK {
             return Err(PushError::Full);
         }
-        self.control += buf.len();
+        let (start, len) = (self.enqueued, buf.len());
+        self.control += len;
         self.enqueue(buf);
+        match self.control_runs.back_mut() {
+            Some(run) if run.0 == start => *run = (start + len as u64, run.1 + len),
+            _ => self.control_runs.push_back((start + len as u64, len)),
+        }
         Ok(())
+    }
+
+    /// Forgets the control runs written up to `written`, or dropped past
+    /// `enqueued`.
+    fn settle_control(&mut self) {
+        while let Some(run) = self.control_runs.front_mut() {
+            let (end, len) = *run;
+            if end > self.written {
+                // Partly written: what is left of the run is what counts.
+                let left = ((end - self.written) as usize).min(len);
+                self.control -= len - left;
+                run.1 = left;
+                break;
+            }
+            self.control_runs.pop_front();
+            self.control -= len;
+        }
+        while let Some(&(end, len)) = self.control_runs.back() {
+            if end <= self.enqueued {
+                break;
+            }
+            self.control_runs.pop_back();
+            self.control -= len;
+        }
     }
 
     /// Queues a replayed (retained) message past the bound, up to `allowance`
@@ -254,6 +302,7 @@ impl Outbox {
             if let Some(h) = self.held.iter_mut().find(|h| *h.topic == **topic) {
                 h.seq = seq;
                 h.frame = frame;
+                h.after = None;
                 return Ok(Pushed::Held);
             }
             if self.state != State::Open {
@@ -268,6 +317,7 @@ impl Outbox {
                 first: seq,
                 seq,
                 frame,
+                after: None,
             });
             return Ok(Pushed::Held);
         }
@@ -286,6 +336,7 @@ impl Outbox {
         // Dropped bytes will never be written: the stream ends before them.
         self.enqueued -= dropped as u64;
         self.replay_end = self.replay_end.min(self.enqueued);
+        self.settle_control();
         self.held.clear();
     }
 
@@ -304,6 +355,21 @@ impl Outbox {
         self.held.len()
     }
 
+    /// Seqs `from..=to` of `topic` will never arrive (dropped between
+    /// shards). If the topic has a conflated message waiting, the notice
+    /// must not overtake it: it is recorded behind that message (and
+    /// returns true). Otherwise (false) the caller queues the notice now.
+    pub fn hold_skip(&mut self, topic: &str, from: u64, to: u64) -> bool {
+        let Some(h) = self.held.iter_mut().find(|h| *h.topic == *topic) else {
+            return false;
+        };
+        h.after = Some(match h.after {
+            Some((first, _)) => (first, to),
+            None => (from, to),
+        });
+        true
+    }
+
     /// Moves conflated messages into the queue once it has drained to half
     /// its bound, each after its `skipped` notice.
     fn release_held(&mut self) {
@@ -312,13 +378,22 @@ impl Outbox {
         }
         for h in std::mem::take(&mut self.held) {
             if h.seq > h.first {
-                self.enqueue(if self.sse {
-                    crate::wire::reply::sse_skipped(&h.topic, h.first, h.seq - 1)
-                } else {
-                    crate::wire::reply::skipped(&h.topic, h.first, h.seq - 1)
-                });
+                let notice = self.skipped(&h.topic, h.first, h.seq - 1);
+                self.enqueue(notice);
             }
             self.enqueue(h.frame);
+            if let Some((from, to)) = h.after {
+                let notice = self.skipped(&h.topic, from, to);
+                self.enqueue(notice);
+            }
+        }
+    }
+
+    fn skipped(&self, topic: &str, from: u64, to: u64) -> Bytes {
+        if self.sse {
+            crate::wire::reply::sse_skipped(topic, from, to)
+        } else {
+            crate::wire::reply::skipped(topic, from, to)
         }
     }
 
@@ -348,9 +423,7 @@ impl Outbox {
     pub fn written(&mut self, bytes: usize) {
         self.queued = self.queued.saturating_sub(bytes);
         self.written += bytes as u64;
-        if self.queue.is_empty() {
-            self.control = 0;
-        }
+        self.settle_control();
         if self.state == State::Open {
             self.release_held();
         }
@@ -362,6 +435,8 @@ impl Outbox {
         self.queue.clear();
         self.held.clear();
         self.queued = 0;
+        self.control = 0;
+        self.control_runs.clear();
         self.wake = true;
     }
 }
@@ -571,6 +646,28 @@ mod tests {
         o.finish();
         assert!(!o.is_open());
         assert_eq!(o.try_push(b(1)), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn a_client_that_reads_while_it_pipelines_is_never_taken_for_one_that_does_not() {
+        let mut o = Outbox::new(100);
+        // The queue never empties: each round queues a reply and the
+        // writer writes the one before it. The old count (reset only on an
+        // empty queue) cut this client off after 64 KiB of replies.
+        o.push_control(b(100)).unwrap();
+        for _ in 0..10_000 {
+            o.push_control(b(100)).unwrap();
+            let mut batch = Vec::new();
+            o.take_batch(&mut batch, 1);
+            o.written(batch.iter().map(Bytes::len).sum());
+            assert!(!o.is_empty());
+        }
+        // One that stops reading is cut off at the slack.
+        let mut pushed = 0;
+        while o.push_control(b(100)).is_ok() {
+            pushed += 100;
+        }
+        assert!(pushed <= CONTROL_SLACK);
     }
 
     #[test]

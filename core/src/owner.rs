@@ -220,6 +220,78 @@ impl Owner {
     pub fn retained(&self) -> usize {
         self.retained
     }
+
+    /// The topics owned, for [`crate::Engine::inspect`].
+    pub fn topics(&self) -> impl Iterator<Item = (&Arc<str>, &Owned)> {
+        self.topics.iter()
+    }
+
+    /// Checks the owner's bookkeeping against what it holds (see
+    /// [`crate::Engine::audit`]).
+    pub fn audit(&self, limits: &Limits, stats: &Stats) -> Result<(), String> {
+        if self.topics.len() > limits.max_topics {
+            return Err(format!(
+                "{} topics owned, max_topics is {}",
+                self.topics.len(),
+                limits.max_topics
+            ));
+        }
+        if stats.topics != self.topics.len() as i64 {
+            return Err(format!(
+                "topics gauge {} but {} owned",
+                stats.topics,
+                self.topics.len()
+            ));
+        }
+        let held: usize = self.topics.values().map(|t| t.log.retained().1).sum();
+        if held != self.retained || stats.retained_bytes != held as i64 {
+            return Err(format!(
+                "retained: {held} bytes held, counted {}, gauge {}",
+                self.retained, stats.retained_bytes
+            ));
+        }
+        if held > limits.history_budget {
+            return Err(format!(
+                "{held} bytes retained, budget {}",
+                limits.history_budget
+            ));
+        }
+        for (name, t) in &self.topics {
+            if t.idle() {
+                return Err(format!("{name}: idle but kept"));
+            }
+            let mut seen = t.interested.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() != t.interested.len() {
+                return Err(format!("{name}: interested {:?}", t.interested));
+            }
+            match t.age {
+                Some(a) if self.by_age.get(&a) != Some(name) => {
+                    return Err(format!("{name}: age {a} not in by_age"));
+                }
+                Some(_) if t.log.is_empty() => {
+                    return Err(format!("{name}: aged but retains nothing"));
+                }
+                None if !t.log.is_empty() => {
+                    return Err(format!("{name}: retains without an age"));
+                }
+                _ => {}
+            }
+        }
+        for (a, name) in &self.by_age {
+            if self.topics.get(name).and_then(|t| t.age) != Some(*a) {
+                return Err(format!("by_age {a} -> {name}: stale"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Owned {
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
 }
 
 #[cfg(test)]

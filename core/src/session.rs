@@ -77,8 +77,10 @@ pub(crate) struct Session {
     pub slow: bool,
     /// Replies owed, oldest first: a later reply never overtakes one.
     pub owed: VecDeque<Owed>,
-    /// A command that must wait for the owed replies before it runs.
-    pub parked: Option<Bytes>,
+    /// Commands that must wait for the owed replies (or for the owner's
+    /// answer to a subscribe) before they run, oldest first: the one the
+    /// engine parked, and at most one the runtime handed over anyway.
+    pub parked: VecDeque<Bytes>,
     /// The reader must not hand over another command yet.
     pub waiting: bool,
     /// HTTP transports: a held poll's messages and `gap` notice, the
@@ -100,7 +102,7 @@ impl Session {
             subs: Vec::new(),
             slow: false,
             owed: VecDeque::new(),
-            parked: None,
+            parked: VecDeque::new(),
             waiting: false,
             poll: Vec::new(),
             poll_bytes: 0,

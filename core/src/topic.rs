@@ -192,16 +192,12 @@ impl TopicLog {
     /// The messages a subscriber that has seen everything up to `since`
     /// is missing, and whether some of them are gone.
     pub fn replay(&self, since: u64) -> Replay {
-        let first_retained = self.history.front().map_or(self.last_seq + 1, |r| r.seq);
-        let all = || self.history.iter().map(|r| (r.seq, r.frame.clone()));
-        if since > self.last_seq {
-            // The client knows a later seq than exists: the topic was
-            // forgotten and restarted. Replay all we have, flagged.
-            return Replay {
-                gap: Some(first_retained),
-                frames: all().collect(),
-            };
-        }
+        // The client knows a later seq than exists: the topic was forgotten
+        // and restarted. It gets what a client from 0 gets, always flagged.
+        // (This once replayed all that is retained: across an unretained
+        // message that was a hole with no notice.)
+        let ahead = since > self.last_seq;
+        let since = if ahead { 0 } else { since };
         // Only what follows the newest unretained message can be replayed
         // without a hole.
         let from = since.max(self.unretained);
@@ -211,8 +207,13 @@ impl TopicLog {
             .map(|r| r.seq)
             .find(|s| *s > from)
             .unwrap_or(self.last_seq + 1);
-        let gap = (since + 1 < first).then_some(first);
-        let frames = all().filter(|(s, _)| *s > from).collect();
+        let gap = (ahead || since + 1 < first).then_some(first);
+        let frames = self
+            .history
+            .iter()
+            .filter(|r| r.seq > from)
+            .map(|r| (r.seq, r.frame.clone()))
+            .collect();
         Replay { gap, frames }
     }
 }
@@ -329,6 +330,25 @@ mod tests {
         log.publish("t", b"1", none, now());
         assert!(log.is_empty());
         assert_eq!(log.replay(0).gap, Some(2));
+    }
+
+    /// A `since` ahead of the topic (it was reset) replays from the first
+    /// seq with nothing missing after it: not across an unretained one.
+    #[test]
+    fn a_since_ahead_of_the_topic_never_replays_across_a_hole() {
+        let mut log = TopicLog::new();
+        let limits = HistoryLimits {
+            max_messages: 100,
+            max_bytes: 100,
+        };
+        log.publish("t", b"1", limits, now());
+        log.publish("t", &[b'1'; 500], limits, now()); // not retained
+        log.publish("t", b"3", limits, now());
+        let r = log.replay(9);
+        assert_eq!((r.gap, seqs(&r)), (Some(3), vec![3]));
+        assert_eq!(log.replay(9), log.replay(0));
+        let r = log.replay(3);
+        assert_eq!((r.gap, seqs(&r)), (None, vec![]));
     }
 
     #[test]

@@ -130,6 +130,23 @@ impl Reply {
     }
 }
 
+/// The next text message on `rx` (keep-alive pings are skipped); anything
+/// else fails the test.
+async fn recv_from(rx: &mut SplitStream<Ws>) -> Reply {
+    loop {
+        let next = timeout(STEP, rx.next())
+            .await
+            .expect("nothing from the broker within the step timeout");
+        match next {
+            Some(Ok(Message::Text(t))) => return Reply::parse(t),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("expected a text message, got {other:?}"),
+            Some(Err(e)) => panic!("receive failed: {e}"),
+            None => panic!("the broker ended the stream"),
+        }
+    }
+}
+
 /// A connected `/ws` client, split so that sending and receiving can
 /// proceed together.
 struct Client {
@@ -178,18 +195,7 @@ impl Client {
     /// The next text message (keep-alive pings are skipped); anything else
     /// fails the test.
     async fn recv(&mut self) -> Reply {
-        loop {
-            let next = timeout(STEP, self.rx.next())
-                .await
-                .expect("nothing from the broker within the step timeout");
-            match next {
-                Some(Ok(Message::Text(t))) => return Reply::parse(t),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => panic!("expected a text message, got {other:?}"),
-                Some(Err(e)) => panic!("receive failed: {e}"),
-                None => panic!("the broker ended the stream"),
-            }
-        }
+        recv_from(&mut self.rx).await
     }
 
     /// Subscribes (optionally with `since`) and expects `subscribed` as the
@@ -841,6 +847,38 @@ async fn pipelined_publish_and_unsubscribe_replies_come_in_command_order() {
                 r.expect("unsubscribed", &format!("x.{n}"));
             }
         }
+    })
+    .await;
+}
+
+/// A client that pipelines thousands of commands while it reads their
+/// replies is never taken for one that does not read: the old broker
+/// counted every reply since its queue was last empty (which it never was)
+/// and cut such a client off after 64 KiB of replies, with no close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pipelining_while_it_reads_gets_every_reply() {
+    const N: usize = 5_000;
+    let broker = Broker::start(&["--shards", "1"]);
+    let url = broker.url("/ws");
+    bounded("pipelined flood", async {
+        let Client { mut tx, mut rx } = Client::connect(&url).await;
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                let cmd = format!(
+                    r#"{{"op":"publish","topic":"flood.{}","data":{i},"id":"r:{i}"}}"#,
+                    i % 64
+                );
+                tx.feed(Message::Text(cmd)).await.expect("send");
+            }
+            tx.flush().await.expect("flush");
+            tx
+        });
+        for i in 0..N {
+            let r = recv_from(&mut rx).await;
+            assert_eq!(r.v["id"], format!("r:{i}"), "reply {i}: {}", r.text);
+            r.expect("published", &format!("flood.{}", i % 64));
+        }
+        drop(join(sender).await);
     })
     .await;
 }

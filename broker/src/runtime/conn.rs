@@ -821,6 +821,12 @@ async fn websocket(
                     send(shard, conn, OpCode::Binary, p).await
                 }
                 (Ok(Some(Event::Text(p))), Endpoint::PubSub) if open => {
+                    // A client that sends commands faster than it reads
+                    // their replies waits here (TCP pushes back), not in
+                    // our memory; one that reads is never cut off.
+                    while !shard.outbox(conn, |o| o.can_take_command()).unwrap_or(true) {
+                        conn.space.notified().await;
+                    }
                     // Replies come in command order: the engine says when
                     // the next command may come.
                     let now = Instant::now();
