@@ -684,6 +684,342 @@ fn mask(o: &mut Out) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// engine: scenarios written as ops (`ringcast_fuzz::engine::encode`).
+
+fn engine(o: &mut Out) {
+    use ringcast_fuzz::engine::{encode, Kind, Op, Since};
+    let t = "engine";
+    let connect = |shard: u8, kind: Kind, topic: u8, since: Since| Op::Connect {
+        shard,
+        kind,
+        topic,
+        since,
+        resume: None,
+    };
+    let sub = |client: u16, topic: u8, since: Since| Op::Subscribe {
+        client,
+        topic,
+        since,
+        id: true,
+    };
+    let publish = |client: u16, topic: u8, size: u16| Op::Publish {
+        client,
+        topic,
+        id: true,
+        size,
+    };
+    let http = |shard: u8, topic: u8, size: u16| Op::HttpPublish {
+        shard,
+        topic,
+        token: true,
+        size,
+    };
+    let mesh = || {
+        vec![
+            Op::Deliver { src: 0, dst: 1, n: 60 },
+            Op::Deliver { src: 1, dst: 0, n: 60 },
+            Op::Deliver { src: 0, dst: 1, n: 60 },
+        ]
+    };
+    let write = |client: u16| Op::Write {
+        client,
+        max: 8,
+        part: 0,
+    };
+    let writes = |clients: u16| {
+        (0..clients)
+            .flat_map(|c| [write(c), write(c), write(c)])
+            .collect::<Vec<_>>()
+    };
+    let cat = |parts: Vec<Vec<Op>>| parts.concat();
+
+    // Subscribers on both shards, publishes from both, all delivered.
+    let ops = cat(vec![
+        vec![
+            connect(0, Kind::Ws, 0, Since::None),
+            connect(1, Kind::Ws, 0, Since::None),
+            sub(0, 0, Since::None),
+            sub(1, 0, Since::None),
+            sub(1, 1, Since::None),
+        ],
+        mesh(),
+        vec![publish(0, 0, 10), publish(1, 1, 20), http(1, 0, 5)],
+        mesh(),
+        writes(2),
+        vec![Op::Unsubscribe {
+            client: 1,
+            topic: 0,
+            id: true,
+        }],
+        mesh(),
+        vec![publish(0, 0, 3), sub(1, 0, Since::Last)],
+        mesh(),
+        writes(2),
+    ]);
+    o.put(t, "pubsub-two-shards", encode(0x00, 0x3f, &ops));
+
+    // A resume into a small history: the gap, then the replay.
+    let ops = cat(vec![
+        (0..6).map(|i| http(i % 2, 2, 40 * i as u16)).collect(),
+        mesh(),
+        vec![
+            connect(1, Kind::Ws, 0, Since::None),
+            sub(0, 2, Since::Zero),
+            sub(0, 0, Since::Value(3)),
+        ],
+        mesh(),
+        writes(1),
+        vec![sub(0, 1, Since::Value(u64::MAX))],
+        mesh(),
+        writes(1),
+    ]);
+    o.put(t, "resume-gap-replay", encode(0x00, 0x1f, &ops));
+
+    // Disconnect: a client that never writes, closed with 1008.
+    let ops = cat(vec![
+        vec![
+            connect(0, Kind::Ws, 0, Since::None),
+            connect(1, Kind::Sse, 1, Since::None),
+            sub(0, 1, Since::None),
+        ],
+        mesh(),
+        (0..6).map(|_| http(1, 1, 90)).collect(),
+        mesh(),
+        vec![publish(0, 1, 5)],
+        mesh(),
+        writes(2),
+    ]);
+    o.put(t, "slow-disconnect", encode(0x00, 0x00, &ops));
+
+    // Conflation with a bounded mesh: held messages and dropped
+    // deliveries, noticed in order. Topic 0 is shard 1's; the subscriber
+    // is on shard 0 and never writes.
+    let one = || Op::Deliver { src: 1, dst: 0, n: 1 };
+    let ops = cat(vec![
+        vec![connect(0, Kind::Ws, 0, Since::None), sub(0, 0, Since::None)],
+        mesh(),
+        mesh(),
+        // 1 is queued, 2 held.
+        vec![http(1, 0, 30), one(), http(1, 0, 30), one()],
+        // 3 waits in the mesh, 4 is dropped (a queue of one).
+        vec![http(1, 0, 30), http(1, 0, 30), one()],
+        // 5: the notice for 4 goes behind the held message.
+        vec![http(1, 0, 30), one()],
+        writes(1),
+    ]);
+    o.put(t, "conflate-mesh-drop", encode(0x03, 0x30, &ops));
+
+    // Long-polling and SSE beside each other, with a resume.
+    let ops = cat(vec![
+        vec![
+            http(0, 0, 8),
+            http(1, 0, 8),
+            connect(1, Kind::Poll, 0, Since::None),
+            connect(0, Kind::Sse, 0, Since::Zero),
+            Op::Poll { client: 0, topic: 0 },
+        ],
+        mesh(),
+        vec![Op::PollAnswer { client: 0 }, http(0, 0, 8)],
+        mesh(),
+        vec![Op::Poll { client: 0, topic: 0 }, http(1, 0, 8)],
+        mesh(),
+        vec![
+            Op::PollAnswer { client: 0 },
+            write(1),
+            write(1),
+            Op::Connect {
+                shard: 1,
+                kind: Kind::Sse,
+                topic: 0,
+                since: Since::Last,
+                resume: Some(1),
+            },
+        ],
+        mesh(),
+        writes(3),
+    ]);
+    o.put(t, "poll-and-sse", encode(0x02, 0x2f, &ops));
+
+    // TTL and a small history budget: expiry, eviction, incarnations.
+    let ops = cat(vec![
+        (0..4).map(|i| http(0, i as u8, 120)).collect(),
+        vec![
+            Op::Advance { ms: 600 },
+            http(1, 1, 120),
+            Op::Advance { ms: 600 },
+            Op::Timeout { shard: 0, early: false },
+            Op::Timeout { shard: 1, early: false },
+            connect(0, Kind::Ws, 0, Since::None),
+            sub(0, 0, Since::Value(1)),
+            sub(0, 1, Since::Zero),
+        ],
+        mesh(),
+        writes(1),
+        vec![Op::Advance { ms: 2000 }, Op::Timeout { shard: 0, early: true }],
+    ]);
+    o.put(t, "ttl-budget", encode(0x60, 0xff, &ops));
+
+    // Limits: two topics per shard, one subscription per connection.
+    let ops = cat(vec![
+        vec![connect(0, Kind::Ws, 0, Since::None), connect(1, Kind::Poll, 0, Since::None)],
+        (0..6).map(|i| http(i % 2, i as u8, 4)).collect(),
+        mesh(),
+        (0..4).map(|i| sub(0, i, Since::None)).collect(),
+        mesh(),
+        vec![Op::Poll { client: 1, topic: 5 }],
+        mesh(),
+        writes(1),
+        vec![Op::PollAnswer { client: 1 }],
+    ]);
+    o.put(t, "limits", encode(0x18, 0x3f, &ops));
+
+    // A bounded mesh refuses: overloaded, for publishes and subscribes.
+    let ops = cat(vec![
+        vec![connect(1, Kind::Ws, 0, Since::None)],
+        (0..6).map(|i| publish(0, i as u8, 2)).collect(),
+        (0..3).map(|i| sub(0, i, Since::Zero)).collect(),
+        mesh(),
+        mesh(),
+        writes(1),
+    ]);
+    o.put(t, "overloaded", encode(0x02, 0x3f, &ops));
+
+    // The regressions of the engine's simulator (core/tests/sim/regress.rs),
+    // as inputs. Topics 0 ("a") and 2 ("c:1") are shard 1's, 1 ("b.x") is
+    // shard 0's.
+    let d10 = || Op::Deliver { src: 1, dst: 0, n: 60 };
+    let d01 = || Op::Deliver { src: 0, dst: 1, n: 60 };
+
+    // A held poll with replayed messages, then a delivery the mesh drops:
+    // the notice must not go in front of them.
+    let ops = vec![
+        http(1, 0, 5),
+        http(1, 0, 5),
+        connect(0, Kind::Poll, 0, Since::None),
+        Op::Poll { client: 0, topic: 0 },
+        d01(),
+        d10(),
+        http(1, 0, 5),
+        http(1, 0, 5),
+        d10(),
+        http(1, 0, 5),
+        d10(),
+        Op::PollAnswer { client: 0 },
+    ];
+    o.put(t, "poll-mesh-drop", encode(0x02, 0x3f, &ops));
+
+    // A long-poll answered (timeout) before its subscription went live,
+    // then the next one: the stale answer must not resume it.
+    let ops = vec![
+        connect(0, Kind::Poll, 0, Since::None),
+        Op::Poll { client: 0, topic: 0 },
+        Op::PollAnswer { client: 0 },
+        Op::Poll { client: 0, topic: 0 },
+        http(1, 0, 5),
+        d01(),
+        d10(),
+        Op::PollAnswer { client: 0 },
+    ];
+    o.put(t, "poll-stale-answer", encode(0x00, 0x3f, &ops));
+
+    // An eager reader hands over a command while a subscribe waits for
+    // its owner: it runs in turn once the answer is in.
+    let ops = cat(vec![
+        vec![
+            connect(0, Kind::Ws, 0, Since::None),
+            sub(0, 0, Since::None),
+            Op::Unsubscribe {
+                client: 0,
+                topic: 0,
+                id: true,
+            },
+            publish(0, 1, 3),
+            d01(),
+            d10(),
+        ],
+        writes(1),
+    ]);
+    o.put(t, "eager-behind-subscribe", encode(0x80, 0x3f, &ops));
+
+    // Disconnect: the client's own publish does not fit; its `published`
+    // reply and a later resume must not follow the close.
+    let ops = cat(vec![
+        vec![connect(1, Kind::Ws, 0, Since::None), sub(0, 0, Since::None)],
+        (0..3).map(|_| publish(0, 0, 100)).collect(),
+        vec![sub(0, 2, Since::Zero)],
+        writes(1),
+    ]);
+    o.put(t, "slow-own-publish", encode(0x00, 0x31, &ops));
+
+    // The same while a resume waits for its owner.
+    let ops = cat(vec![
+        (0..3).map(|_| http(1, 0, 5)).collect(),
+        vec![
+            connect(0, Kind::Ws, 0, Since::None),
+            sub(0, 1, Since::None),
+            sub(0, 0, Since::Zero),
+        ],
+        (0..3).map(|_| http(0, 1, 150)).collect(),
+        vec![d01(), d10()],
+        writes(1),
+    ]);
+    o.put(t, "slow-pending-replay", encode(0x00, 0x31, &ops));
+
+    // Conflation, two resumes, nothing written: the second replay's first
+    // frame is held; its next, smaller one must not overtake it.
+    let ops = cat(vec![
+        vec![
+            http(1, 0, 150),
+            http(1, 2, 100),
+            http(1, 2, 20),
+            connect(1, Kind::Ws, 0, Since::None),
+            sub(0, 0, Since::Zero),
+            sub(0, 2, Since::Zero),
+        ],
+        writes(1),
+    ]);
+    o.put(t, "conflate-replay", encode(0x01, 0x70, &ops));
+
+    // Templated and malformed commands, an eager reader, pipelined
+    // publishes past the pending bound.
+    let mut ops = vec![connect(1, Kind::Ws, 0, Since::None)];
+    for (i, (tmpl, f)) in [(0, 3), (3, 1), (4, 2), (2, 5), (9, 0), (5, 1), (6, 2), (7, 3), (8, 4), (1, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        ops.push(Op::Raw {
+            client: 0,
+            text: template_text(tmpl, i as u8, f),
+        });
+        if i % 3 == 2 {
+            ops.extend(mesh());
+        }
+    }
+    ops.extend((0..4).map(|i| publish(0, i, 1)));
+    ops.extend(mesh());
+    ops.extend(writes(1));
+    o.put(t, "commands-eager", encode(0x80, 0x0c, &ops));
+}
+
+/// The target's own templates, as raw frames (op 13).
+fn template_text(t: u8, topic: u8, f: u8) -> Vec<u8> {
+    let topic = ["a", "b.x", "c:1", "ro.d", "secret.e", "f-g_h"][topic as usize % 6];
+    match t {
+        0 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":{f},"id":{f}}}"#),
+        1 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":null,"x":[1,{{}}]}}"#),
+        2 => format!(r#"{{"op":"unsubscribe","topic":"{topic}","id":"u{f}"}}"#),
+        3 => format!(r#"{{"op":"publish","topic":"{topic}","data":[{f},{{"k":null}}],"id":1e400}}"#),
+        4 => format!(r#"{{"op":"publish","topic":"{topic}","data":"zz"}}"#),
+        5 => format!(r#"{{"op":"subscribe","topic":"{topic}.","since":1,"id":{f}}}"#),
+        6 => format!(r#"{{"op":"publish","topic":"{topic}","id":{f}}}"#),
+        7 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":-1,"id":{f}}}"#),
+        8 => format!(r#" {{ "topic" : "{topic}" , "op" : "unsubscribe" }} "#),
+        _ => r#"{"op":"xyz","id":""q"}"#.to_string(),
+    }
+    .into_bytes()
+}
+
 fn main() {
     let root: &'static Path = Box::leak(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -699,5 +1035,6 @@ fn main() {
     utf8(&mut o);
     command(&mut o);
     mask(&mut o);
+    engine(&mut o);
     println!("wrote {} seeds under {}", o.count, root.display());
 }

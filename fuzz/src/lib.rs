@@ -29,6 +29,9 @@ use ringcast_proto::utf8::Utf8Validator;
 use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 use ringcast_proto::{HttpError, ProtocolError};
 
+pub mod engine;
+pub use engine::engine;
+
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
 
@@ -42,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("utf8", utf8),
     ("command", command),
     ("mask", mask),
+    ("engine", engine),
 ];
 
 /// Lower-case hex, for reporting inputs.
