@@ -70,7 +70,8 @@ impl Bytes<'_> {
 /// `[cfg][sizes]`: cfg bit 0 conflate, bits 1-2 mesh bound (none, 1, 2, 4),
 /// bit 3 two topics per shard at most, bit 4 one subscription per
 /// connection, bit 5 a TTL, bit 6 a small history budget, bit 7 an eager
-/// reader; `sizes`: the outbox bound (low nibble) and history bounds.
+/// reader that does not pause for reply room; `sizes`: the outbox bound
+/// (low nibble) and history bounds.
 fn setup(cfg: u8, sizes: u8) -> Setup {
     let mut s = Setup::simple(2);
     s.topics = TOPICS.iter().map(|t| t.to_string()).collect();
@@ -81,7 +82,10 @@ fn setup(cfg: u8, sizes: u8) -> Setup {
         2 => Some(2),
         _ => Some(4),
     };
+    // A runtime that hands over a command while told to wait does not
+    // pause for reply room either; the others pause as the broker does.
     s.eager_reader = cfg & 0x80 != 0;
+    s.pause_reader = !s.eager_reader;
     s.limits = Limits {
         max_topics: if cfg & 8 != 0 { 2 } else { 1000 },
         max_subscriptions: if cfg & 16 != 0 { 1 } else { 1000 },

@@ -77,6 +77,7 @@ pub fn setup(rng: &mut SmallRng) -> Setup {
         placement_seed: rng.gen(),
         max_data,
         eager_reader: rng.gen_bool(0.15),
+        pause_reader: rng.gen_bool(0.8),
     }
 }
 

@@ -350,6 +350,10 @@ pub struct Setup {
     /// The runtime hands over one more command while the engine says wait
     /// (the engine documents that it runs in turn).
     pub eager_reader: bool,
+    /// The reader pauses while the outbox cannot take a command's reply
+    /// (`Outbox::can_take_command`), as the broker's does; without, a peer
+    /// that does not read its replies is dropped.
+    pub pause_reader: bool,
 }
 
 impl Setup {
@@ -362,6 +366,7 @@ impl Setup {
             placement_seed: [1, 2, 3, 4],
             max_data: 400,
             eager_reader: false,
+            pause_reader: true,
         }
     }
 }
@@ -885,6 +890,16 @@ impl World {
             if cl.cut || !cl.open || cl.unsent.is_empty() {
                 return;
             }
+            let (shard, conn) = (cl.shard, cl.conn);
+            if self.setup.pause_reader
+                && !self.engines[shard]
+                    .outbox(conn)
+                    .is_none_or(|o| o.can_take_command())
+            {
+                // Paused until the writer makes room (see `write`).
+                return;
+            }
+            let cl = &mut self.clients[c];
             if cl.waiting {
                 if !eager || cl.handed_early {
                     return;
@@ -894,7 +909,6 @@ impl World {
             let Some(frame) = cl.unsent.pop_front() else {
                 return;
             };
-            let (shard, conn) = (cl.shard, cl.conn);
             // The ledger: when the engine took each publish, and when an
             // unsubscribe ended what the client had.
             match command::parse(&frame) {
@@ -1046,6 +1060,8 @@ impl World {
             self.engines[shard].written(conn, n);
             self.run_outputs();
             self.read(c);
+            // Room for replies again: a paused reader goes on.
+            self.pump(c);
             return;
         }
         if !cl.awake {
