@@ -11,6 +11,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use ringcast_core::topic::HistoryLimits;
+use std::path::PathBuf;
+
+pub use crate::auth::AuthMode;
 use ringcast_proto::http::HeadLimits;
 use ringcast_proto::websocket::Limits;
 
@@ -170,6 +173,50 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
     pub subprotocols: Vec<String>,
 
+    /// Access control: `none` (anyone may subscribe and publish) or `jwt`
+    /// (clients present a token; see docs/security.md). Default: `none`
+    /// when listening on loopback; on any other address the broker will
+    /// not start open unless `--auth none` is given.
+    #[arg(long, env = "RINGCAST_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// `--auth jwt` with HS256: a file holding the shared secret (at least
+    /// 32 bytes; a trailing newline is stripped).
+    #[arg(long, env = "RINGCAST_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// `--auth jwt` with RS256, ES256 or EdDSA: a PEM public key file; the
+    /// key's type pins the algorithm.
+    #[arg(long, env = "RINGCAST_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` of tokens (not checked when unset).
+    #[arg(long, env = "RINGCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of tokens (not checked when unset).
+    #[arg(long, env = "RINGCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY", value_parser = parse_duration, default_value = "5s")]
+    pub jwt_leeway: Duration,
+
+    /// How long before a connection's token expires the broker sends it
+    /// `{"op":"expiring",...}` (time to `refresh`).
+    #[arg(long, env = "RINGCAST_TOKEN_EXPIRY_NOTICE", value_parser = parse_duration, default_value = "30s")]
+    pub token_expiry_notice: Duration,
+
+    /// Topic patterns clients without a token may subscribe to under
+    /// `--auth jwt`, comma-separated (`demo.>,public.*`).
+    #[arg(long, env = "RINGCAST_ANONYMOUS_SUBSCRIBE", value_delimiter = ',')]
+    pub anonymous_subscribe: Vec<String>,
+
+    /// API keys for `POST /publish`: one per line, `NAME KEY [PATTERNS]`;
+    /// reloaded on SIGHUP.
+    #[arg(long, env = "RINGCAST_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
     /// Run the built-in demo feeder: simulated stock ticks on `demo.ticker`
     /// and train seat counts on `demo.seats`, for the live page at `/`.
     #[arg(long, env = "RINGCAST_DEMO")]
@@ -297,6 +344,7 @@ impl Config {
             // `--allowed-origins=` (or an empty variable) means "none".
             c.allowed_origins.retain(|s| !s.is_empty());
             c.subprotocols.retain(|s| !s.is_empty());
+            c.anonymous_subscribe.retain(|s| !s.is_empty());
             c
         });
         parsed.map_err(|e| {
@@ -375,6 +423,22 @@ impl Config {
             format!("max-poll-timeout = {}", d(self.max_poll_timeout)),
             format!("allowed-origins = {}", list(&self.allowed_origins)),
             format!("subprotocols = {}", list(&self.subprotocols)),
+            match self.auth {
+                Some(AuthMode::None) => "auth = \"none\"".to_string(),
+                Some(AuthMode::Jwt) => "auth = \"jwt\"".to_string(),
+                None => format!(
+                    "# auth = \"{}\" (the default here)",
+                    self.auth_mode().as_str()
+                ),
+            },
+            opt_path("jwt-secret-file", &self.jwt_secret_file),
+            opt_path("jwt-public-key-file", &self.jwt_public_key_file),
+            opt_str("jwt-issuer", &self.jwt_issuer),
+            opt_str("jwt-audience", &self.jwt_audience),
+            format!("jwt-leeway = {}", d(self.jwt_leeway)),
+            format!("token-expiry-notice = {}", d(self.token_expiry_notice)),
+            format!("anonymous-subscribe = {}", list(&self.anonymous_subscribe)),
+            opt_path("api-keys-file", &self.api_keys_file),
             format!("demo = {}", self.demo),
             format!("log = {:?}", self.log),
         ]
@@ -435,7 +499,87 @@ impl Config {
         if self.idle_timeout <= self.ping_interval {
             return Err("--idle-timeout must be longer than --ping-interval".into());
         }
+        if self.auth.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "{} is not a loopback address, and without access control anyone who \
+                 reaches it may subscribe and publish to every topic: give --auth jwt \
+                 (see docs/security.md), or --auth none to run open on purpose",
+                self.listen
+            ));
+        }
+        let key_files = [&self.jwt_secret_file, &self.jwt_public_key_file];
+        match (
+            self.auth_mode(),
+            key_files.iter().filter(|f| f.is_some()).count(),
+        ) {
+            (AuthMode::Jwt, 0) => {
+                return Err("--auth jwt needs --jwt-secret-file or --jwt-public-key-file".into())
+            }
+            (AuthMode::Jwt, 2) => {
+                return Err(
+                    "give one of --jwt-secret-file and --jwt-public-key-file, not both".into(),
+                )
+            }
+            (AuthMode::None, n) if n > 0 || !self.anonymous_subscribe.is_empty() => {
+                return Err(
+                    "--jwt-*-file and --anonymous-subscribe only apply with --auth jwt".into(),
+                )
+            }
+            _ => {}
+        }
+        ringcast_core::pattern::parse_list(self.anonymous_subscribe.iter().map(String::as_str))
+            .map_err(|e| format!("--anonymous-subscribe: {e}"))?;
         Ok(())
+    }
+
+    /// `--auth`, or its default for the listen address.
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.unwrap_or(AuthMode::None)
+    }
+
+    /// Builds the access policy: reads the key files (a clear error names
+    /// the file and what is wrong with it).
+    pub fn policy(&self) -> Result<crate::auth::Policy, String> {
+        use crate::auth::jwt::{JwtVerifier, KeySource};
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
+        };
+        let source = match (&self.jwt_secret_file, &self.jwt_public_key_file) {
+            (Some(p), _) => {
+                let mut secret = read("jwt-secret-file", p)?;
+                while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    secret.pop();
+                }
+                Some(("jwt-secret-file", p, KeySource::Secret(secret)))
+            }
+            (None, Some(p)) => Some((
+                "jwt-public-key-file",
+                p,
+                KeySource::PublicPem(read("jwt-public-key-file", p)?),
+            )),
+            (None, None) => None,
+        };
+        let jwt = match source {
+            Some((flag, path, source)) if self.auth_mode() == AuthMode::Jwt => Some(
+                JwtVerifier::new(
+                    source,
+                    self.jwt_issuer.as_deref(),
+                    self.jwt_audience.as_deref(),
+                    self.jwt_leeway,
+                )
+                .map_err(|e| format!("--{flag} {}: {e}", path.display()))?,
+            ),
+            _ => None,
+        };
+        let anonymous = ringcast_core::pattern::parse_list(
+            self.anonymous_subscribe.iter().map(String::as_str),
+        )?;
+        crate::auth::Policy::new(
+            self.auth_mode(),
+            jwt,
+            ringcast_core::auth::Access::Topics(anonymous.into()),
+            self.api_keys_file.clone(),
+        )
     }
 
     pub fn ws_limits(&self) -> Limits {
@@ -556,6 +700,31 @@ impl fmt::Display for Config {
             self.subprotocols.join(",")
         };
         writeln!(f, "  subprotocols       {protocols}")?;
+        let auth = match (
+            self.auth_mode(),
+            &self.jwt_secret_file,
+            &self.jwt_public_key_file,
+        ) {
+            (AuthMode::None, _, _) => "none (open access)".to_string(),
+            (AuthMode::Jwt, Some(p), _) => format!("jwt, HS256 secret {}", p.display()),
+            (AuthMode::Jwt, _, Some(p)) => format!("jwt, public key {}", p.display()),
+            (AuthMode::Jwt, None, None) => "jwt (no key!)".to_string(),
+        };
+        writeln!(f, "  auth               {auth}")?;
+        if self.auth_mode() == AuthMode::Jwt {
+            writeln!(
+                f,
+                "  anonymous-subscribe {}",
+                if self.anonymous_subscribe.is_empty() {
+                    "(nothing)".to_string()
+                } else {
+                    self.anonymous_subscribe.join(",")
+                }
+            )?;
+        }
+        if let Some(p) = &self.api_keys_file {
+            writeln!(f, "  api-keys-file      {}", p.display())?;
+        }
         let demo = if self.demo {
             "on (feeding demo.ticker, demo.seats)"
         } else {
@@ -683,5 +852,19 @@ mod tests {
                 .unwrap();
         assert!(c.validate().unwrap_err().contains("--idle-timeout"));
         assert!(Config::try_parse_from(["ringcast", "--max-frame-size", "lots"]).is_err());
+    }
+}
+
+fn opt_path(key: &str, v: &Option<PathBuf>) -> String {
+    match v {
+        Some(p) => format!("{key} = {:?}", p.display().to_string()),
+        None => format!("# {key} = (unset)"),
+    }
+}
+
+fn opt_str(key: &str, v: &Option<String>) -> String {
+    match v {
+        Some(s) => format!("{key} = {s:?}"),
+        None => format!("# {key} = (unset)"),
     }
 }

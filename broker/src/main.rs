@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ringcast::config::{Config, LoadError};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .init();
 
     // Registered before the shards start, so an early signal is not lost.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringcast: cannot install signal handlers: {e}");
@@ -70,8 +70,17 @@ fn main() -> ExitCode {
         }
     };
     println!("ringcast listening on {}", server.local_addr());
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            // Rotating API keys must not need a restart.
+            match server.reload_keys() {
+                Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
+                Err(e) => tracing::warn!(error = %e, "API keys not reloaded; the old ones stay"),
+            }
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down");
+        break;
     }
     server.shutdown();
     server.join();

@@ -46,6 +46,8 @@ pub struct Shared {
     /// names cannot be chosen to land on one shard, and the same on every
     /// shard, so that they agree on owners.
     placement_seed: [u64; 4],
+    /// Who may connect, subscribe and publish (`--auth`, API keys).
+    policy: Arc<crate::auth::Policy>,
     /// Names this broker instance (16 hex digits, random at start). History
     /// lives in memory, so seqs restart at 1 with the process; clients
     /// compare epochs to tell a resumed stream from a new one.
@@ -69,6 +71,10 @@ impl Shared {
         &self.epoch
     }
 
+    pub fn policy(&self) -> &Arc<crate::auth::Policy> {
+        &self.policy
+    }
+
     /// Every shard is accepting (what `/healthz` reports).
     pub fn all_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) >= self.shards
@@ -78,6 +84,7 @@ impl Shared {
 /// A running broker.
 pub struct Server {
     addr: SocketAddr,
+    policy: Arc<crate::auth::Policy>,
     epoch: String,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -92,6 +99,12 @@ impl Server {
     /// This instance's epoch (see [`Shared::epoch`]).
     pub fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    /// Reads `--api-keys-file` again (SIGHUP); the keys in use stay if the
+    /// file is bad. Returns how many keys are in use now.
+    pub fn reload_keys(&self) -> Result<usize, String> {
+        self.policy.reload_keys()
     }
 
     /// Stops accepting and closes every connection (1001), then lets the
@@ -122,12 +135,14 @@ fn pin_to_core(shard: usize) {
 /// Starts the broker; returns once every shard is accepting.
 pub fn start(config: Config) -> Result<Server, Error> {
     config.validate().map_err(Error::Config)?;
+    let policy = Arc::new(config.policy().map_err(Error::Config)?);
     let listeners = listener::bind_all(config.listen, config.shards, 4096)?;
     let addr = listeners[0].local_addr()?;
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         shards: config.shards,
         placement_seed: rand::random(),
+        policy: policy.clone(),
         epoch: format!("{:016x}", rand::random::<u64>()),
         ready: AtomicUsize::new(0),
         metrics: (0..config.shards)
@@ -198,6 +213,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     }
     Ok(Server {
         addr,
+        policy,
         epoch: shared.epoch.clone(),
         shutdown: tx,
         threads,

@@ -25,7 +25,9 @@ use tracing::{debug, warn};
 
 use ringcast_core::outbox::{Outbox, PushError};
 use ringcast_core::wire::command::ErrorCode;
-use ringcast_core::{AllowAll, ConnId, Engine, Grant, Msg, Output, Placement, Transport};
+use ringcast_core::{ConnId, Engine, Grant, Msg, Output, Placement, Transport};
+
+use crate::auth::SharedPolicy;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::handshake::StaticPolicy;
 
@@ -458,7 +460,7 @@ pub async fn run(
         config.limits(),
         shared.epoch(),
         MeshRoute(mesh.clone()),
-        Box::new(AllowAll),
+        Box::new(SharedPolicy(shared.policy().clone())),
     );
     let shard = Rc::new(Shard {
         id,
