@@ -215,7 +215,7 @@ mod tests {
         let now = Instant::now();
         let c = p.open(Grant::default());
         p.set_transport(c, Transport::WebSocket);
-        let mut to_owner = |p: &mut Engine<Log>, cmd: String| {
+        let to_owner = |p: &mut Engine<Log>, cmd: String| {
             p.command(c, &Bytes::from(cmd), now);
             std::mem::take(&mut p.route_mut().0)
         };
