@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_PENDING_PUBLISHES", default_value_t = 256)]
     pub max_pending_publishes: usize,
 
+    /// How deeply a published `data` may nest arrays and objects (`[[1]]`
+    /// is 2); deeper is refused (`bad_json`, HTTP 400), so that no
+    /// subscriber's JSON parser is the one to overflow.
+    #[arg(long, env = "RINGCAST_MAX_JSON_DEPTH", default_value_t = 64)]
+    pub max_json_depth: usize,
+
     /// Messages queued for one shard from the others; past it publishes and
     /// subscribes routed to that shard are refused with `overloaded` (HTTP
     /// 503 with Retry-After).
@@ -416,6 +422,7 @@ impl Config {
             format!("max-topics = {}", self.max_topics),
             format!("max-subscriptions = {}", self.max_subscriptions),
             format!("max-pending-publishes = {}", self.max_pending_publishes),
+            format!("max-json-depth = {}", self.max_json_depth),
             format!("mesh-queue = {}", self.mesh_queue),
             format!("message-timeout = {}", d(self.message_timeout)),
             format!("slow-consumer = \"{slow}\""),
@@ -610,6 +617,7 @@ impl Config {
                 SlowConsumer::Conflate => ringcast_core::SlowConsumer::Conflate,
             },
             max_pending_publishes: self.max_pending_publishes,
+            max_json_depth: self.max_json_depth,
         }
     }
 
@@ -684,6 +692,7 @@ impl fmt::Display for Config {
             "  max-pending-publishes {} per connection",
             self.max_pending_publishes
         )?;
+        writeln!(f, "  max-json-depth     {}", self.max_json_depth)?;
         writeln!(
             f,
             "  mesh-queue         {} messages per shard",
@@ -731,6 +740,20 @@ impl fmt::Display for Config {
             "off"
         };
         write!(f, "  demo               {demo}")
+    }
+}
+
+fn opt_path(key: &str, v: &Option<PathBuf>) -> String {
+    match v {
+        Some(p) => format!("{key} = {:?}", p.display().to_string()),
+        None => format!("# {key} = (unset)"),
+    }
+}
+
+fn opt_str(key: &str, v: &Option<String>) -> String {
+    match v {
+        Some(s) => format!("{key} = {s:?}"),
+        None => format!("# {key} = (unset)"),
     }
 }
 
@@ -852,19 +875,5 @@ mod tests {
                 .unwrap();
         assert!(c.validate().unwrap_err().contains("--idle-timeout"));
         assert!(Config::try_parse_from(["ringcast", "--max-frame-size", "lots"]).is_err());
-    }
-}
-
-fn opt_path(key: &str, v: &Option<PathBuf>) -> String {
-    match v {
-        Some(p) => format!("{key} = {:?}", p.display().to_string()),
-        None => format!("# {key} = (unset)"),
-    }
-}
-
-fn opt_str(key: &str, v: &Option<String>) -> String {
-    match v {
-        Some(s) => format!("{key} = {s:?}"),
-        None => format!("# {key} = (unset)"),
     }
 }

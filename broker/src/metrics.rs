@@ -75,7 +75,7 @@ pub enum Kind {
 const KINDS: [&str; 4] = ["http", "websocket", "echo", "sse"];
 
 /// Handshake/request failure reasons, in [`http_error_index`] order.
-const HTTP_REASONS: [&str; 16] = [
+const HTTP_REASONS: [&str; 23] = [
     "head_too_large",
     "too_many_headers",
     "malformed",
@@ -92,6 +92,13 @@ const HTTP_REASONS: [&str; 16] = [
     "payload_too_large",
     "upgrade_refused",
     "bad_accept",
+    "bad_content_length",
+    "conflicting_length",
+    "length_with_chunked",
+    "bad_transfer_encoding",
+    "bad_chunk",
+    "duplicate_host",
+    "body_not_allowed",
 ];
 
 fn http_error_index(e: HttpError) -> usize {
@@ -112,6 +119,13 @@ fn http_error_index(e: HttpError) -> usize {
         HttpError::PayloadTooLarge => 13,
         HttpError::UpgradeRefused(_) => 14,
         HttpError::BadAccept => 15,
+        HttpError::BadContentLength => 16,
+        HttpError::ConflictingLength => 17,
+        HttpError::LengthWithChunked => 18,
+        HttpError::BadTransferEncoding => 19,
+        HttpError::BadChunk => 20,
+        HttpError::DuplicateHost => 21,
+        HttpError::BodyNotAllowed => 22,
     }
 }
 

@@ -331,7 +331,7 @@ impl<R: Route> Engine<R> {
     }
 
     fn run_command(&mut self, conn: ConnId, payload: Bytes) {
-        let parsed = command::parse(&payload);
+        let parsed = command::parse_limited(&payload, self.limits.max_json_depth);
         let max_owed = self.limits.max_pending_publishes;
         let Some(s) = self.session_mut(conn) else {
             return;

@@ -40,6 +40,9 @@ pub struct Limits {
     /// Publishes with an `id` one WebSocket may have waiting for their
     /// acknowledgement; past it the connection's next command waits.
     pub max_pending_publishes: usize,
+    /// How deeply a published `data` may nest arrays and objects; deeper
+    /// is refused with `bad_json` (`wire::command::json_depth`).
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             outbox_size: 1024 * 1024,
             slow_consumer: SlowConsumer::Disconnect,
             max_pending_publishes: 256,
+            max_json_depth: crate::wire::command::DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }

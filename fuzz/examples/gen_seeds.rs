@@ -1020,6 +1020,62 @@ fn template_text(t: u8, topic: u8, f: u8) -> Vec<u8> {
     .into_bytes()
 }
 
+fn chunked(o: &mut Out) {
+    let t = "chunked";
+    for (name, limit, sizes, body) in [
+        ("simple", 32u8, &[][..], &b"5\r\nhello\r\n0\r\n\r\n"[..]),
+        (
+            "rfc-example",
+            32,
+            &[3, 1, 7][..],
+            b"4\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\n\r\n",
+        ),
+        (
+            "extensions",
+            32,
+            &[1][..],
+            b"5;a=1;b=\"x y\"\r\nhello\r\n3 ; c\r\nabc\r\n0;last\r\n\r\n",
+        ),
+        (
+            "trailers",
+            32,
+            &[2, 9][..],
+            b"2\r\n{}\r\n0\r\nExpires: never\r\nX-Sum: 1\r\n\r\n",
+        ),
+        (
+            "next-request",
+            32,
+            &[][..],
+            b"1\r\n1\r\n0\r\n\r\nPOST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1",
+        ),
+        ("uppercase-hex", 255, &[][..], b"A\r\n0123456789\r\nFf\r\n"),
+        (
+            "leading-zeros",
+            32,
+            &[][..],
+            b"00000005\r\nhello\r\n0000\r\n\r\n",
+        ),
+        ("over-limit", 1, &[][..], b"9\r\n123456789\r\n0\r\n\r\n"),
+        ("huge-size", 255, &[][..], b"ffffffffffffffffffffffff\r\n"),
+        ("bare-lf", 32, &[][..], b"5\nhello\r\n0\r\n\r\n"),
+        ("missing-crlf", 32, &[][..], b"5\r\nhelloX0\r\n\r\n"),
+        ("signed", 32, &[][..], b"+5\r\nhello\r\n0\r\n\r\n"),
+        ("hex-prefix", 32, &[][..], b"0x5\r\nhello\r\n0\r\n\r\n"),
+        ("space-then-junk", 32, &[][..], b"5 x\r\nhello\r\n0\r\n\r\n"),
+        ("ctl-in-ext", 32, &[][..], b"5;a\x01\r\nhello\r\n0\r\n\r\n"),
+        ("trailer-bare-lf", 32, &[][..], b"0\r\nX: y\n\r\n"),
+        ("empty", 32, &[][..], b""),
+        (
+            "byte-at-a-time",
+            32,
+            &[1][..],
+            b"3\r\nabc\r\n2;x\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        ),
+    ] {
+        o.put(t, name, cat(&[&[limit], &plan(sizes), body]));
+    }
+}
+
 fn main() {
     let root: &'static Path = Box::leak(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1036,5 +1092,6 @@ fn main() {
     command(&mut o);
     mask(&mut o);
     engine(&mut o);
+    chunked(&mut o);
     println!("wrote {} seeds under {}", o.count, root.display());
 }

@@ -102,6 +102,7 @@ fn setup(cfg: u8, sizes: u8) -> Setup {
             SlowConsumer::Disconnect
         },
         max_pending_publishes: 1 + (sizes & 3) as usize,
+        ..Limits::default()
     };
     s
 }

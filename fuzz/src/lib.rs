@@ -17,14 +17,15 @@
 //! control bytes read as zero, so every input is valid.
 
 use bytes::{Bytes, BytesMut};
-use ringcast_proto::close::{CloseCode, CloseFrame};
+use ringcast_core::topic;
 use ringcast_core::wire::command::{self, Command, Id};
+use ringcast_core::wire::reply;
+use ringcast_proto::chunked::{self, ChunkedDecoder};
+use ringcast_proto::close::{CloseCode, CloseFrame};
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake::{self, AllowAll, ClientHandshake, StaticPolicy};
-use ringcast_proto::http::{HeadLimits, HeadParser, Request};
+use ringcast_proto::http::{BodyFraming, HeadLimits, HeadParser, Request};
 use ringcast_proto::mask;
-use ringcast_core::wire::reply;
-use ringcast_core::topic;
 use ringcast_proto::utf8::Utf8Validator;
 use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 use ringcast_proto::{HttpError, ProtocolError};
@@ -46,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("command", command),
     ("mask", mask),
     ("engine", engine),
+    ("chunked", chunked),
 ];
 
 /// Lower-case hex, for reporting inputs.
@@ -224,6 +226,40 @@ fn check_request(req: &Request) {
         assert!(req.header(name).is_some());
     }
     let _ = handshake::is_upgrade(req);
+    let _ = req.expects_continue();
+    match req.check_host() {
+        Ok(()) => assert!(req.headers_named("host").count() <= 1),
+        Err(e) => check_http_error(e),
+    }
+    // RFC 9112 section 6, strictly: one framing or an error, never both
+    // a length and a coding.
+    match req.body_framing() {
+        Ok(BodyFraming::Chunked) => {
+            assert!(req.header("content-length").is_none());
+            assert_eq!(req.version, 1);
+        }
+        Ok(BodyFraming::Length(n)) => {
+            assert!(req.header("transfer-encoding").is_none());
+            for v in req.headers_named("content-length") {
+                for item in v.split(|&b| b == b',') {
+                    assert_eq!(
+                        std::str::from_utf8(item.trim_ascii())
+                            .ok()
+                            .and_then(|t| t.parse::<u64>().ok()),
+                        Some(n)
+                    );
+                }
+            }
+        }
+        Ok(BodyFraming::None) => {
+            assert!(req.header("content-length").is_none());
+            assert!(req.header("transfer-encoding").is_none());
+        }
+        Err(e) => {
+            assert_eq!(e.status(), 400, "{e}");
+            check_http_error(e);
+        }
+    }
 
     match handshake::accept(req, &AllowAll) {
         Ok(a) => {
@@ -828,5 +864,96 @@ pub fn mask(data: &[u8]) {
         // XOR is its own inverse.
         f(buf, key, offset);
         assert_eq!(&buf[..], input, "{name} twice");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// chunked: ChunkedDecoder fed in pieces.
+
+/// Input: `[limit][chunk plan][body bytes]`; the body limit is `limit * 8`
+/// bytes (0..=2040).
+///
+/// Checks: the same outcome whether the input arrives at once or in
+/// pieces (data, bytes consumed, done, error); never more data than the
+/// limit nor than the sizes announced; a finished body stops exactly at
+/// its end (the rest is the next request); errors are 400 or 413 and
+/// final; a decoded body encodes and decodes back to itself.
+pub fn chunked(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let limit = r.byte() as usize * 8;
+    let sizes = r.plan();
+    let input = r.rest();
+
+    let mut d = ChunkedDecoder::new(limit);
+    let mut whole = Vec::new();
+    let whole_result = d.decode(input, &mut whole);
+
+    let mut p = ChunkedDecoder::new(limit);
+    let mut out = Vec::new();
+    let mut used = 0;
+    let mut result = Ok(0);
+    for piece in chunks(sizes, input) {
+        result = p.decode(piece, &mut out);
+        match result {
+            Ok(n) => {
+                assert!(n <= piece.len());
+                used += n;
+                assert!(n == piece.len() || p.is_done(), "stopped early, not done");
+            }
+            Err(_) => break,
+        }
+        if p.is_done() {
+            break;
+        }
+    }
+
+    match whole_result {
+        Ok(n) => {
+            assert!(
+                result.is_ok(),
+                "pieces failed where one shot did not: {result:?}"
+            );
+            assert_eq!(out, whole, "data depends on read boundaries");
+            assert_eq!(used, n, "consumed bytes depend on read boundaries");
+            assert_eq!(p.is_done(), d.is_done());
+            assert!(n <= input.len());
+            if !d.is_done() {
+                assert_eq!(n, input.len(), "not done, yet input left");
+            }
+            assert!(whole.len() as u64 <= d.body_len());
+            assert!(d.body_len() <= limit as u64, "over the limit");
+            if d.is_done() {
+                assert_eq!(whole.len() as u64, d.body_len());
+                // Nothing more is consumed once done.
+                assert_eq!(d.decode(b"0\r\n\r\n", &mut Vec::new()), Ok(0));
+                // Round trip.
+                let mut again = Vec::new();
+                chunked::encode(
+                    &whole,
+                    sizes
+                        .iter()
+                        .map(|&s| s as usize)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                    &mut again,
+                );
+                let mut e = ChunkedDecoder::new(limit);
+                let mut back = Vec::new();
+                assert_eq!(e.decode(&again, &mut back), Ok(again.len()));
+                assert!(e.is_done());
+                assert_eq!(back, whole);
+            }
+        }
+        Err(e) => {
+            assert_eq!(result, Err(e), "pieces and one shot disagree on the error");
+            assert!(
+                matches!(e, HttpError::BadChunk | HttpError::PayloadTooLarge),
+                "{e:?}"
+            );
+            check_http_error(e);
+            // Errors are final.
+            assert_eq!(d.decode(b"0\r\n\r\n", &mut Vec::new()), Err(e));
+            assert!(whole.len() <= limit);
+        }
     }
 }

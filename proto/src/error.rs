@@ -78,12 +78,32 @@ pub enum HttpError {
     NotFound,
     /// The shard is at its connection limit.
     Overloaded,
-    /// A body without `Content-Length` (chunked bodies are not supported).
+    /// A body-carrying request (`POST /publish`) with neither
+    /// `Content-Length` nor a chunked body.
     LengthRequired,
     /// A body over the message size limit.
     PayloadTooLarge,
     /// Client role: the server's response was not a valid 101 upgrade.
     UpgradeRefused(u16),
+    /// `Content-Length` that is not a plain decimal number (RFC 9112 6.3):
+    /// a sign, a space inside, a list of values, an overflow.
+    BadContentLength,
+    /// Several `Content-Length` values that differ (RFC 9112 6.3).
+    ConflictingLength,
+    /// `Content-Length` and `Transfer-Encoding` on one request (RFC 9112
+    /// 6.1: a request smuggling attempt or a broken proxy).
+    LengthWithChunked,
+    /// A `Transfer-Encoding` other than a final `chunked`, or one on an
+    /// HTTP/1.0 request (RFC 9112 6.1, 6.3).
+    BadTransferEncoding,
+    /// A chunked body that breaks RFC 9112 section 7.1 (or its line
+    /// limits).
+    BadChunk,
+    /// More than one `Host` header (RFC 9112 3.2).
+    DuplicateHost,
+    /// A body on a request whose endpoint takes none: refused, never read
+    /// as the next request.
+    BodyNotAllowed,
     /// Client role: `Sec-WebSocket-Accept` did not match our key.
     BadAccept,
 }
@@ -103,6 +123,13 @@ impl HttpError {
             HttpError::PayloadTooLarge => 413,
             HttpError::UpgradeRefused(s) => s,
             HttpError::Malformed
+            | HttpError::BadContentLength
+            | HttpError::ConflictingLength
+            | HttpError::LengthWithChunked
+            | HttpError::BadTransferEncoding
+            | HttpError::BadChunk
+            | HttpError::DuplicateHost
+            | HttpError::BodyNotAllowed
             | HttpError::MissingHost
             | HttpError::NotAnUpgrade
             | HttpError::BadKey
@@ -125,12 +152,17 @@ impl HttpError {
             HttpError::OriginRejected => "origin not allowed",
             HttpError::NotFound => "not found",
             HttpError::Overloaded => "connection limit reached",
-            HttpError::LengthRequired => {
-                "Content-Length required (chunked bodies are not supported)"
-            }
+            HttpError::LengthRequired => "Content-Length or a chunked body required",
             HttpError::PayloadTooLarge => "body over the message size limit",
             HttpError::UpgradeRefused(_) => "server refused the upgrade",
             HttpError::BadAccept => "Sec-WebSocket-Accept mismatch",
+            HttpError::BadContentLength => "invalid Content-Length",
+            HttpError::ConflictingLength => "conflicting Content-Length values",
+            HttpError::LengthWithChunked => "Content-Length with Transfer-Encoding",
+            HttpError::BadTransferEncoding => "unsupported Transfer-Encoding",
+            HttpError::BadChunk => "malformed chunked body",
+            HttpError::DuplicateHost => "more than one Host header",
+            HttpError::BodyNotAllowed => "this request takes no body",
         }
     }
 }

@@ -6,6 +6,12 @@
 //! header-count limit enforced before any allocation grows, and a scan that
 //! only re-parses once the blank line has arrived, so a client trickling a
 //! byte at a time costs O(n), not O(n^2).
+//!
+//! What follows a head is decided here too, strictly by RFC 9112 section 6
+//! ([`Request::body_framing`]): a request is either read with its body or
+//! refused, never left for its body to be parsed as the next request (the
+//! request-smuggling gap between a proxy and this server). The bodies
+//! themselves are decoded by [`crate::chunked`] when chunked.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -32,7 +38,9 @@ impl Default for HeadLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
-    /// The request target as sent, query included.
+    /// The request target in origin form, query included: an absolute-form
+    /// target (`http://host/path?q`, what a client talking to a proxy
+    /// sends) is reduced to its path and query (`/path?q`).
     pub target: String,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
@@ -70,6 +78,114 @@ impl Request {
     /// (case-insensitive), as `Connection: keep-alive, Upgrade` does.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers_named(name).any(|v| list_has_token(v, token))
+    }
+
+    /// `Host` exactly once on HTTP/1.1 (RFC 9112 3.2: a server must answer
+    /// 400 to a request without it, or with more than one); at most once
+    /// on HTTP/1.0.
+    pub fn check_host(&self) -> Result<(), HttpError> {
+        match self.headers_named("host").count() {
+            0 if self.version >= 1 => Err(HttpError::MissingHost),
+            0 | 1 => Ok(()),
+            _ => Err(HttpError::DuplicateHost),
+        }
+    }
+
+    /// Whether the client waits for `100 Continue` before sending its
+    /// body (`Expect: 100-continue`; HTTP/1.1 only, RFC 9110 10.1.1).
+    pub fn expects_continue(&self) -> bool {
+        self.version >= 1 && self.has_token("expect", "100-continue")
+    }
+
+    /// How this request's body is delimited, by RFC 9112 section 6, read
+    /// strictly: anything a proxy in front could read differently is an
+    /// error (answer it with 400 and close the connection).
+    ///
+    /// - `Transfer-Encoding` must be exactly `chunked` (no other coding,
+    ///   no list), on HTTP/1.1 only, and never with `Content-Length`.
+    /// - `Content-Length` is decimal digits only (no sign, no spaces
+    ///   inside); several headers or a list (`5, 5`) are accepted only if
+    ///   every value is the same.
+    /// - neither: no body.
+    pub fn body_framing(&self) -> Result<BodyFraming, HttpError> {
+        let mut length: Option<u64> = None;
+        for value in self.headers_named("content-length") {
+            for item in value.split(|&b| b == b',') {
+                let n = parse_length(item.trim_ascii()).ok_or(HttpError::BadContentLength)?;
+                match length {
+                    Some(l) if l != n => return Err(HttpError::ConflictingLength),
+                    _ => length = Some(n),
+                }
+            }
+        }
+        let mut codings = self.headers_named("transfer-encoding").peekable();
+        if codings.peek().is_none() {
+            return Ok(length.map_or(BodyFraming::None, BodyFraming::Length));
+        }
+        if length.is_some() {
+            return Err(HttpError::LengthWithChunked);
+        }
+        if self.version == 0 {
+            // RFC 9112 6.1: HTTP/1.0 has no chunked coding; a TE on it is
+            // what a downgrade attack looks like.
+            return Err(HttpError::BadTransferEncoding);
+        }
+        let mut items = codings.flat_map(|v| v.split(|&b| b == b','));
+        match (items.next(), items.next()) {
+            (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+                Ok(BodyFraming::Chunked)
+            }
+            _ => Err(HttpError::BadTransferEncoding),
+        }
+    }
+}
+
+/// How a request's body is delimited ([`Request::body_framing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body: what follows the head is the next request.
+    None,
+    /// `Content-Length: N` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` ([`crate::chunked::ChunkedDecoder`]).
+    Chunked,
+}
+
+impl BodyFraming {
+    /// Whether the request carries a body at all (`Content-Length: 0` does
+    /// not).
+    pub fn has_body(self) -> bool {
+        !matches!(self, BodyFraming::None | BodyFraming::Length(0))
+    }
+}
+
+/// A `Content-Length` value: `1*DIGIT`, nothing else, no overflow.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Reduces an absolute-form request target (RFC 9112 3.2.2) to origin
+/// form: `http://host:80/a/b?q` becomes `/a/b?q`, `http://host?q` becomes
+/// `/?q`. Origin-form (and anything else) is kept as sent.
+fn origin_form(target: &str) -> String {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
+    });
+    let Some(rest) = rest else {
+        return target.to_string();
+    };
+    let path = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
     }
 }
 
@@ -155,7 +271,7 @@ impl HeadParser {
             Ok(httparse::Status::Complete(n)) => {
                 let request = Request {
                     method: req.method.unwrap_or_default().to_string(),
-                    target: req.path.unwrap_or_default().to_string(),
+                    target: origin_form(req.path.unwrap_or_default()),
                     version: req.version.unwrap_or(0),
                     headers: req
                         .headers
@@ -175,6 +291,7 @@ impl HeadParser {
 
 fn status_text(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
@@ -317,6 +434,131 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    fn req(raw: &str) -> Request {
+        HeadParser::new()
+            .parse(raw.as_bytes(), HeadLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn framing(headers: &str) -> Result<BodyFraming, HttpError> {
+        req(&format!(
+            "POST /publish/t HTTP/1.1\r\nHost: x\r\n{headers}\r\n"
+        ))
+        .body_framing()
+    }
+
+    #[test]
+    fn body_framing_follows_rfc_9112_strictly() {
+        use BodyFraming::*;
+        assert_eq!(framing(""), Ok(None));
+        assert_eq!(framing("Content-Length: 0\r\n"), Ok(Length(0)));
+        assert_eq!(framing("Content-Length: 42\r\n"), Ok(Length(42)));
+        assert_eq!(framing("Content-Length: 007\r\n"), Ok(Length(7)));
+        assert_eq!(
+            framing("Content-Length: 5\r\nContent-Length: 5\r\n"),
+            Ok(Length(5))
+        );
+        assert_eq!(framing("Content-Length: 5, 5\r\n"), Ok(Length(5)));
+        assert_eq!(framing("Transfer-Encoding: chunked\r\n"), Ok(Chunked));
+        assert_eq!(framing("transfer-encoding:  Chunked \r\n"), Ok(Chunked));
+        for bad in [
+            "Content-Length: +5\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 5 5\r\n",
+            "Content-Length: 0x10\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 5,\r\n",
+            "Content-Length: 1e3\r\n",
+            "Content-Length: 99999999999999999999\r\n",
+        ] {
+            assert_eq!(framing(bad), Err(HttpError::BadContentLength), "{bad}");
+        }
+        for conflict in [
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: 5, 6\r\n",
+            "Content-Length: 0\r\nContent-Length: 20\r\n",
+        ] {
+            assert_eq!(
+                framing(conflict),
+                Err(HttpError::ConflictingLength),
+                "{conflict}"
+            );
+        }
+        for both in [
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+            "Transfer-Encoding: gzip\r\nContent-Length: 3\r\n",
+        ] {
+            assert_eq!(framing(both), Err(HttpError::LengthWithChunked), "{both}");
+        }
+        for te in [
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked;q=1\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding: \r\n",
+            "Transfer-Encoding: xchunked\r\n",
+        ] {
+            assert_eq!(framing(te), Err(HttpError::BadTransferEncoding), "{te}");
+        }
+        let http10 = req("POST /publish/t HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(http10.body_framing(), Err(HttpError::BadTransferEncoding));
+        assert!(Length(1).has_body() && Chunked.has_body());
+        assert!(!Length(0).has_body() && !None.has_body());
+    }
+
+    #[test]
+    fn host_exactly_once() {
+        assert_eq!(
+            req("GET / HTTP/1.1\r\nHost: a\r\n\r\n").check_host(),
+            Ok(())
+        );
+        assert_eq!(
+            req("GET / HTTP/1.1\r\n\r\n").check_host(),
+            Err(HttpError::MissingHost)
+        );
+        assert_eq!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n").check_host(),
+            Err(HttpError::DuplicateHost)
+        );
+        assert_eq!(req("GET / HTTP/1.0\r\n\r\n").check_host(), Ok(()));
+        assert_eq!(
+            req("GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n").check_host(),
+            Err(HttpError::DuplicateHost)
+        );
+    }
+
+    #[test]
+    fn expect_continue() {
+        assert!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").expects_continue()
+        );
+        assert!(!req("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expects_continue());
+        assert!(!req("POST / HTTP/1.1\r\nHost: a\r\n\r\n").expects_continue());
+    }
+
+    #[test]
+    fn absolute_form_targets_become_origin_form() {
+        for (target, want) in [
+            ("http://example.com/publish/t?x=1", "/publish/t?x=1"),
+            ("HTTP://example.com:8080/healthz", "/healthz"),
+            ("https://h/", "/"),
+            ("http://h", "/"),
+            ("http://h?since=3", "/?since=3"),
+            ("/plain?x", "/plain?x"),
+            ("*", "*"),
+        ] {
+            let r = req(&format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n"));
+            assert_eq!(r.target, want, "{target}");
+        }
+        let r = req("GET http://h/poll/a.b?since=2 HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((r.path(), r.query()), ("/poll/a.b", Some("since=2")));
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! fuzz targets share one implementation, and what lets every parser be
 //! tested deterministically and fuzzed without a network.
 //!
-//! - [`http`]: request heads, bounded, and response encoding.
+//! - [`http`]: request heads, bounded, their body framing (RFC 9112
+//!   section 6), and response encoding.
+//! - [`chunked`]: chunked request bodies, incrementally and bounded.
 //! - [`handshake`]: the opening handshake, server and client side.
 //! - [`frame`], [`mask`], [`utf8`], [`close`]: the pieces of a frame.
 //! - [`websocket`]: the connection state machine that ties them together.
 //! - [`error`]: one error enum with a typed sub-error per layer, each
 //!   knowing how it is reported on the wire (a status, a close code).
 
+pub mod chunked;
 pub mod close;
 pub mod error;
 pub mod frame;

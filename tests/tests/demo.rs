@@ -50,7 +50,7 @@ fn post_to_root_is_405() {
     let broker = Broker::start(&["--shards", "1"]);
     let mut c = HttpConn::connect(broker.addr);
     let r = c.post("/", b"{}");
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
     c.expect_eof();
 }
 

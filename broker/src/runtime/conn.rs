@@ -30,10 +30,11 @@ use ringcast_core::outbox::{Outbox, PushError};
 use ringcast_core::wire::command::{self, ErrorCode};
 use ringcast_core::wire::reply;
 use ringcast_core::{topic, ConnId, Flow, Transport};
+use ringcast_proto::chunked::ChunkedDecoder;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake;
-use ringcast_proto::http::{response, HeadParser, Request};
+use ringcast_proto::http::{find_head_end, response, BodyFraming, HeadParser, Request};
 use ringcast_proto::websocket::{Event, Role, WebSocket};
 
 /// Reads of at most this much, even while a huge frame is arriving.
@@ -120,6 +121,8 @@ pub struct Conn {
     held: RefCell<Option<tokio::task::JoinHandle<Next>>>,
     /// The client ended its side while a poll was held: answer it now.
     peer_done: Cell<bool>,
+    /// The request being answered is a `HEAD`: responses go without body.
+    head: Cell<bool>,
 }
 
 impl Conn {
@@ -141,6 +144,7 @@ impl Conn {
             poll_ready: Notify::new(),
             held: RefCell::new(None),
             peer_done: Cell::new(false),
+            head: Cell::new(false),
         }
     }
 
@@ -329,7 +333,8 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
     warn!(shard = shard.id, error = %e, "request rejected");
     shard.metrics().http_error(e);
-    shard.outbox(conn, |o| o.push_response(e.to_response()));
+    let resp = head_only(conn, e.to_response());
+    shard.outbox(conn, |o| o.push_response(resp));
     conn.finish(shard, Instant::now() + shard.config.close_timeout);
     Next::Close
 }
@@ -369,7 +374,7 @@ fn respond_with(
     let connection = if keep { "keep-alive" } else { "close" };
     let mut headers = vec![("Content-Type", content_type), ("Connection", connection)];
     headers.extend(extra);
-    let resp = response(status, &headers, body);
+    let resp = head_only(conn, response(status, &headers, body));
     shard.outbox(conn, |o| o.push_response(resp));
     if keep {
         Next::KeepAlive
@@ -379,10 +384,51 @@ fn respond_with(
     }
 }
 
+/// A response to a `HEAD` request: the head alone (its `Content-Length`
+/// still says how long the body would be).
+fn head_only(conn: &Conn, resp: Bytes) -> Bytes {
+    if !conn.head.get() {
+        return resp;
+    }
+    let end = find_head_end(&resp, 0).unwrap_or(resp.len());
+    Bytes::slice(&resp, ..end)
+}
+
+/// `Allow` for the endpoints that answer `GET` and `HEAD`.
+const GET_HEAD: &str = "GET, HEAD";
+
 async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut BytesMut) -> Next {
     let keep = keep_alive(&req);
     let path = req.path();
-    match (req.method.as_str(), path) {
+    conn.head.set(req.method == "HEAD");
+    // RFC 9112: Host exactly once, and a body framed one way only. Either
+    // failure is answered 400 and the connection closed: whatever follows
+    // is never read as a request.
+    if let Err(e) = req.check_host() {
+        return reject(shard, conn, e);
+    }
+    let framing = match req.body_framing() {
+        Ok(f) => f,
+        Err(e) => return reject(shard, conn, e),
+    };
+    // Only `POST /publish/` takes a body. A GET or HEAD with one is refused
+    // here, before its body could be parsed as the next request; any other
+    // method is refused by the table below (404 or 405), and every refusal
+    // closes the connection, body unread.
+    let takes_body = req.method == "POST" && path.starts_with("/publish/");
+    if framing.has_body() && !takes_body && matches!(req.method.as_str(), "GET" | "HEAD") {
+        return reject(shard, conn, HttpError::BodyNotAllowed);
+    }
+    // HEAD is GET without the body, on the endpoints that answer at once.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    let streaming = path.starts_with("/poll/") || path.starts_with("/sse/");
+    if conn.head.get() && streaming {
+        return reject(shard, conn, HttpError::MethodNotAllowed("GET"));
+    }
+    match (method, path) {
         (_, "/ws") => upgrade(shard, conn, &req, Endpoint::PubSub),
         (_, "/echo") => upgrade(shard, conn, &req, Endpoint::Echo),
         ("GET", "/") => respond_with(
@@ -395,7 +441,7 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
             Some(("Cache-Control", "no-cache")),
             crate::demo::PAGE.as_bytes(),
         ),
-        (_, "/") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
+        (_, "/") => reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD)),
         ("GET", "/metrics") => {
             let body = metrics::render(shard.shared.metrics());
             respond(
@@ -407,21 +453,8 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
                 body.as_bytes(),
             )
         }
-        (_, "/metrics") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
-        ("GET", "/healthz") => {
-            if shard.shared.all_ready() {
-                respond(shard, conn, keep, 200, "text/plain; charset=utf-8", b"ok\n")
-            } else {
-                respond(
-                    shard,
-                    conn,
-                    keep,
-                    503,
-                    "text/plain; charset=utf-8",
-                    b"starting\n",
-                )
-            }
-        }
+        (_, "/metrics") => reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD)),
+        ("GET", "/healthz") => healthz(shard, conn, keep),
         ("GET", p) if p.starts_with("/poll/") => {
             poll(shard, conn, &req, &p["/poll/".len()..], keep).await
         }
@@ -432,13 +465,30 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
             reject(shard, conn, HttpError::MethodNotAllowed("GET"))
         }
         ("POST", p) if p.starts_with("/publish/") => {
-            publish(shard, conn, &req, &p["/publish/".len()..], keep, buf).await
+            let topic = &p["/publish/".len()..];
+            publish(shard, conn, &req, framing, topic, keep, buf).await
         }
-        (_, "/healthz") => reject(shard, conn, HttpError::MethodNotAllowed("GET")),
+        (_, "/healthz") => reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD)),
         (_, p) if p.starts_with("/publish/") => {
             reject(shard, conn, HttpError::MethodNotAllowed("POST"))
         }
         _ => reject(shard, conn, HttpError::NotFound),
+    }
+}
+
+/// `GET /healthz`: 200 once every shard is serving.
+fn healthz(shard: &Shard, conn: &Conn, keep: bool) -> Next {
+    if shard.shared.all_ready() {
+        respond(shard, conn, keep, 200, "text/plain; charset=utf-8", b"ok\n")
+    } else {
+        respond(
+            shard,
+            conn,
+            keep,
+            503,
+            "text/plain; charset=utf-8",
+            b"starting\n",
+        )
     }
 }
 
@@ -454,36 +504,87 @@ fn upgrade(shard: &Shard, conn: &Conn, req: &Request, endpoint: Endpoint) -> Nex
     }
 }
 
-/// `POST /publish/{topic}`: the body is the message `data`.
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Reads a request body framed by `framing` (`Content-Length` or chunked),
+/// at most `max` bytes. `Err` is what the request handler returns: a
+/// refusal queued (the connection closes) or the peer gone.
+async fn read_body(
+    shard: &Shard,
+    conn: &Conn,
+    req: &Request,
+    framing: BodyFraming,
+    max: usize,
+    buf: &mut BytesMut,
+) -> Result<Bytes, Next> {
+    let gone = |conn: &Conn| {
+        shard.outbox(conn, Outbox::close);
+        Next::Gone
+    };
+    // A client that sent `Expect: 100-continue` waits for this before it
+    // sends the body (curl does for a second, then sends it anyway). Only
+    // once the request is known to be acceptable, and only if the body
+    // has not begun to arrive.
+    let send_continue = |waiting: bool| {
+        if waiting && req.expects_continue() {
+            shard.outbox(conn, |o| o.push_response(Bytes::from_static(CONTINUE)));
+        }
+    };
+    match framing {
+        BodyFraming::None => Err(reject(shard, conn, HttpError::LengthRequired)),
+        BodyFraming::Length(len) if len > max as u64 => {
+            Err(reject(shard, conn, HttpError::PayloadTooLarge))
+        }
+        BodyFraming::Length(len) => {
+            let len = len as usize;
+            send_continue(buf.len() < len);
+            while buf.len() < len {
+                let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
+                if !read_more(shard, conn, buf, want).await {
+                    return Err(gone(conn));
+                }
+            }
+            Ok(buf.split_to(len).freeze())
+        }
+        BodyFraming::Chunked => {
+            send_continue(buf.is_empty());
+            let mut decoder = ChunkedDecoder::new(max);
+            let mut body = BytesMut::new();
+            loop {
+                match decoder.decode(buf, &mut body) {
+                    Ok(n) => buf.advance(n),
+                    Err(e) => return Err(reject(shard, conn, e)),
+                }
+                if decoder.is_done() {
+                    return Ok(body.freeze());
+                }
+                let left = usize::try_from(decoder.data_left()).unwrap_or(MAX_READ);
+                let want = left.clamp(shard.config.read_buffer, MAX_READ);
+                if !read_more(shard, conn, buf, want).await {
+                    return Err(gone(conn));
+                }
+            }
+        }
+    }
+}
+
+/// `POST /publish/{topic}`: the body (`Content-Length` or chunked) is the
+/// message `data`.
 async fn publish(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     req: &Request,
+    framing: BodyFraming,
     topic: &str,
     keep: bool,
     buf: &mut BytesMut,
 ) -> Next {
-    if req.header("transfer-encoding").is_some() {
-        return reject(shard, conn, HttpError::LengthRequired);
-    }
-    let Some(len) = req
-        .header("content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    else {
-        return reject(shard, conn, HttpError::LengthRequired);
+    let max = shard.config.max_message_size;
+    let body = match read_body(shard, conn, req, framing, max, buf).await {
+        Ok(body) => body,
+        Err(next) => return next,
     };
-    if len > shard.config.max_message_size {
-        return reject(shard, conn, HttpError::PayloadTooLarge);
-    }
-    while buf.len() < len {
-        let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
-        if !read_more(shard, conn, buf, want).await {
-            shard.outbox(conn, Outbox::close);
-            return Next::Gone;
-        }
-    }
-    let body = buf.split_to(len).freeze();
     if let Err(e) = topic::validate(topic) {
         return json_error(shard, conn, keep, ErrorCode::BadTopic, e.message());
     }
@@ -495,6 +596,11 @@ async fn publish(
             ErrorCode::BadJson,
             "body is not a single JSON value",
         );
+    }
+    let max_depth = shard.config.max_json_depth;
+    if command::json_depth(&body) > max_depth {
+        let message = command::too_deep(max_depth);
+        return json_error(shard, conn, keep, ErrorCode::BadJson, &message);
     }
     let answer = match shard.publish(topic, body, true) {
         Ok(Some(rx)) => rx.await,
@@ -894,9 +1000,43 @@ async fn drain(shard: &Shard, conn: &Conn, mut buf: BytesMut) {
     }
 }
 
-/// Reader for a connection refused before reading anything (overload).
-pub async fn drain_only(shard: &Shard, conn: &Conn) {
-    drain(shard, conn, BytesMut::with_capacity(1024)).await;
+/// Reader for a connection past `--max-connections`: it gets one request
+/// head (within the deadline the shard set, enforced by the sweeper) and
+/// one answer, then the connection closes. `GET /healthz` (or `HEAD`) is
+/// answered as usual, so that a load balancer does not take a busy broker
+/// for a dead one; anything else gets `503`.
+pub async fn overloaded(shard: &Shard, conn: &Conn) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut parser = HeadParser::new();
+    let limits = shard.config.head_limits();
+    let health = loop {
+        match parser.parse(&buf, limits) {
+            Ok(Some((req, _))) => {
+                conn.head.set(req.method == "HEAD");
+                break matches!(req.method.as_str(), "GET" | "HEAD")
+                    && req.path() == "/healthz"
+                    && req.check_host().is_ok()
+                    && req.body_framing() == Ok(BodyFraming::None);
+            }
+            Ok(None) => {}
+            Err(_) => break false,
+        }
+        if !read_more(shard, conn, &mut buf, 1024).await {
+            shard.outbox(conn, Outbox::finish);
+            return;
+        }
+    };
+    if health {
+        healthz(shard, conn, false);
+    } else {
+        // No log line per refused connection: an overload is when logs
+        // can least afford one.
+        shard.metrics().http_error(HttpError::Overloaded);
+        let resp = head_only(conn, HttpError::Overloaded.to_response());
+        shard.outbox(conn, |o| o.push_response(resp));
+        conn.finish(shard, Instant::now() + shard.config.close_timeout);
+    }
+    drain(shard, conn, buf).await;
 }
 
 #[cfg(test)]

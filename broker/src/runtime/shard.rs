@@ -37,12 +37,16 @@ use super::route::MeshRoute;
 use super::writer::run_writer;
 use super::Shared;
 use crate::config::Config;
-use crate::error::HttpError;
 use crate::metrics::{Kind, ShardMetrics};
 
-/// Connections past the limit still get a `503` response, up to this many
-/// extra; beyond that they are closed without a word.
+/// Connections past the limit still get an answer (`/healthz`, or `503`
+/// to anything else), up to this many extra; beyond that they are closed
+/// without a word.
 const OVERLOAD_SLACK: usize = 64;
+
+/// How long a connection past the limit has to send its request head
+/// (at most; `--handshake-timeout` if shorter).
+const OVERLOAD_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Shard {
     pub id: usize,
@@ -270,16 +274,15 @@ impl Shard {
         };
         tokio_uring::spawn(writer);
         if count >= self.config.max_connections {
+            // Over the limit (within the slack): one request is read, in
+            // a short time, and answered: `/healthz` normally, anything
+            // else `503` (see `conn::overloaded`).
             debug!(shard = self.id, "connection limit reached");
-            self.outbox(&conn, |o| {
-                let _ = o.try_push(HttpError::Overloaded.to_response());
-                o.finish();
-            });
-            conn.phase.set(Phase::Closing);
-            conn.deadline.set(Some(now + self.config.close_timeout));
+            let wait = self.config.handshake_timeout.min(OVERLOAD_HEAD_TIMEOUT);
+            conn.deadline.set(Some(now + wait));
             let shard = self.clone();
             tokio_uring::spawn(async move {
-                conn::drain_only(&shard, &conn).await;
+                conn::overloaded(&shard, &conn).await;
                 shard.task_done(&conn);
             });
             return;

@@ -12,6 +12,17 @@ use serde_json::value::RawValue;
 
 use crate::topic;
 
+/// Nesting (arrays and objects) a published `data` may have by default
+/// (`--max-json-depth`): deeper values are refused, so that no
+/// subscriber's recursive JSON parser is the one to overflow its stack.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
+/// Longest `id` (its raw JSON text, quotes included) a command may carry.
+/// Every reply echoes the `id`, and a reply must fit the room a connection
+/// has for replies; a longer `id` is refused with `bad_request` ("id too
+/// long"), not echoed, instead of a reply that could not be sent.
+pub const MAX_ID_LEN: usize = 256;
+
 /// A command's `id`: a JSON number or string, kept as its raw text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Id(pub Bytes);
@@ -109,8 +120,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Parses one command from a text frame's payload (already valid UTF-8).
+/// Parses one command from a text frame's payload (already valid UTF-8),
+/// with the default `data` depth limit.
 pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
+    parse_limited(frame, DEFAULT_MAX_JSON_DEPTH)
+}
+
+/// [`parse`], refusing a publish whose `data` nests deeper than
+/// `max_depth` ([`json_depth`]) with `bad_json`.
+pub fn parse_limited(frame: &Bytes, max_depth: usize) -> Result<Command, CommandError> {
     let fail = |code, message: &str, id: Option<Id>| CommandError {
         code,
         message: message.to_string(),
@@ -143,6 +161,9 @@ pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
                     "id must be a number or a string",
                     None,
                 ));
+            }
+            if text.len() > MAX_ID_LEN {
+                return Err(fail(ErrorCode::BadRequest, &id_too_long(), None));
             }
             Some(Id(frame.slice_ref(raw.get().as_bytes())))
         }
@@ -194,6 +215,9 @@ pub fn parse(frame: &Bytes) -> Result<Command, CommandError> {
             let data = fields
                 .data
                 .ok_or_else(|| fail(ErrorCode::BadRequest, "missing field \"data\"", id.clone()))?;
+            if json_depth(data.get().as_bytes()) > max_depth {
+                return Err(fail(ErrorCode::BadJson, &too_deep(max_depth), id));
+            }
             Ok(Command::Publish {
                 topic,
                 data: frame.slice_ref(data.get().as_bytes()),
@@ -219,9 +243,51 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+fn id_too_long() -> String {
+    format!("id too long (at most {MAX_ID_LEN} bytes)")
+}
+
+/// The message refusing a `data` nested deeper than `max_depth`.
+pub fn too_deep(max_depth: usize) -> String {
+    format!("data nested deeper than {max_depth} levels (the broker's --max-json-depth)")
+}
+
 /// Validates an HTTP publish body as one JSON value (any type).
 pub fn validate_data(body: &[u8]) -> bool {
     serde_json::from_slice::<&RawValue>(body).is_ok()
+}
+
+/// How deeply a JSON text nests arrays and objects: 0 for a scalar, 1 for
+/// `[1]` or `{}`, 2 for `[[1]]`. One pass over the bytes, no recursion and
+/// no allocation (serde_json validates nesting of any depth without
+/// recursing, so the depth is counted here); brackets inside strings do
+/// not count. Meant for text already validated as JSON; on anything else
+/// it still ends and returns some number.
+pub fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 #[cfg(test)]
@@ -349,6 +415,69 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored_for_forward_compatibility() {
         assert!(p(r#"{"op":"subscribe","topic":"t","future":{"x":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        for (json, depth) in [
+            ("1", 0),
+            ("\"[[[{\"", 0),
+            ("[]", 1),
+            ("{}", 1),
+            ("[1,[2,[3]],{\"a\":[4]}]", 3),
+            ("{\"a\":\"]]]\\\"[[[[\",\"b\":[{}]}", 3),
+            ("  [ [ ] , [ [ ] ] ]  ", 3),
+        ] {
+            assert_eq!(json_depth(json.as_bytes()), depth, "{json}");
+        }
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(json_depth(deep.as_bytes()), 100_000);
+    }
+
+    #[test]
+    fn data_deeper_than_the_limit_is_refused_with_bad_json() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"op":"publish","topic":"t","data":{}1{},"id":3}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(p(&nested(DEFAULT_MAX_JSON_DEPTH)).is_ok());
+        let e = p(&nested(DEFAULT_MAX_JSON_DEPTH + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+        assert!(e.message.contains("64"), "{}", e.message);
+        assert_eq!(e.id, Some(Id(Bytes::from_static(b"3"))));
+        // Far past serde_json's own recursion limit: no stack overflow, an
+        // error.
+        let e = p(&nested(200_000)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+        let frame = Bytes::from(nested(3));
+        assert!(parse_limited(&frame, 3).is_ok());
+        assert_eq!(
+            parse_limited(&frame, 2).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        // The command object itself does not count: data is measured.
+        let sub = Bytes::from_static(br#"{"op":"subscribe","topic":"t","x":[[[1]]]}"#);
+        assert!(parse_limited(&sub, 0).is_ok());
+    }
+
+    #[test]
+    fn overlong_ids_are_refused_not_echoed() {
+        let id = format!("\"{}\"", "x".repeat(MAX_ID_LEN - 2));
+        let ok = format!(r#"{{"op":"publish","topic":"t","data":1,"id":{id}}}"#);
+        assert!(p(&ok).is_ok());
+        let long = format!("\"{}\"", "x".repeat(MAX_ID_LEN - 1));
+        let e = p(&format!(r#"{{"op":"subscribe","topic":"t","id":{long}}}"#)).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, None));
+        assert!(e.message.contains("id too long"), "{}", e.message);
+        let digits = "9".repeat(MAX_ID_LEN + 1);
+        let e = p(&format!(
+            r#"{{"op":"subscribe","topic":"t","id":{digits}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, None));
     }
 
     #[test]
