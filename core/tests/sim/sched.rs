@@ -68,6 +68,7 @@ pub fn setup(rng: &mut SmallRng) -> Setup {
             SlowConsumer::Conflate
         },
         max_pending_publishes: [1, 2, 4, 256][rng.gen_range(0..4)],
+        ..Limits::default()
     };
     Setup {
         shards,
