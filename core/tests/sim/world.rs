@@ -835,7 +835,9 @@ impl World {
         if cl.kind != Kind::Ws || cl.cut || cl.closing {
             return;
         }
-        let want = match command::parse(&frame) {
+        // What the engine's own parser makes of it (with its depth bound).
+        let depth = self.setup.limits.max_json_depth;
+        let want = match command::parse_limited(&frame, depth) {
             Ok(Command::Subscribe { topic, since, id }) => Some(Expect {
                 id: id.map(|i| i.0.to_vec()),
                 what: Want::Subscribe { topic, since },
@@ -874,6 +876,10 @@ impl World {
                     code: e.code.as_str(),
                 },
             }),
+            // A command this checker does not model (one added to the
+            // protocol since): not sent.
+            #[allow(unreachable_patterns)]
+            Ok(_) => return,
         };
         trace!("{} c{c} sends {}", self.step, short(&frame));
         let cl = &mut self.clients[c];
