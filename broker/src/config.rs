@@ -223,6 +223,40 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_API_KEYS_FILE", value_name = "FILE")]
     pub api_keys_file: Option<PathBuf>,
 
+    /// Commands per second one WebSocket may send (0: no limit); past it
+    /// `rate_limited`, and close 4429 if it goes on.
+    #[arg(long, env = "RINGCAST_MAX_COMMAND_RATE", default_value_t = 0)]
+    pub max_command_rate: u32,
+
+    /// Commands a WebSocket may send at once before the rate applies.
+    #[arg(long, env = "RINGCAST_COMMAND_BURST", default_value_t = 100)]
+    pub command_burst: u32,
+
+    /// Publishes per second per token `sub` or API key, per shard (0: no
+    /// limit); past it `rate_limited` (HTTP 429 with Retry-After).
+    #[arg(long, env = "RINGCAST_MAX_PUBLISH_RATE", default_value_t = 0)]
+    pub max_publish_rate: u32,
+
+    /// Publishes a `sub` or key may make at once before the rate applies.
+    #[arg(long, env = "RINGCAST_PUBLISH_BURST", default_value_t = 100)]
+    pub publish_burst: u32,
+
+    /// Open connections per client IP, across all shards (0: no limit);
+    /// past it `503` with Retry-After.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// New connections per second per client IP, across all shards (0: no
+    /// limit); past it `503` with Retry-After.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTION_RATE_PER_IP", default_value_t = 0)]
+    pub max_connection_rate_per_ip: u32,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose
+    /// `X-Forwarded-For` / `Forwarded` header names the client IP; from
+    /// anyone else those headers are ignored.
+    #[arg(long, env = "RINGCAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// Run the built-in demo feeder: simulated stock ticks on `demo.ticker`
     /// and train seat counts on `demo.seats`, for the live page at `/`.
     #[arg(long, env = "RINGCAST_DEMO")]
@@ -351,6 +385,7 @@ impl Config {
             c.allowed_origins.retain(|s| !s.is_empty());
             c.subprotocols.retain(|s| !s.is_empty());
             c.anonymous_subscribe.retain(|s| !s.is_empty());
+            c.trusted_proxies.retain(|s| !s.is_empty());
             c
         });
         parsed.map_err(|e| {
@@ -446,6 +481,16 @@ impl Config {
             format!("token-expiry-notice = {}", d(self.token_expiry_notice)),
             format!("anonymous-subscribe = {}", list(&self.anonymous_subscribe)),
             opt_path("api-keys-file", &self.api_keys_file),
+            format!("max-command-rate = {}", self.max_command_rate),
+            format!("command-burst = {}", self.command_burst),
+            format!("max-publish-rate = {}", self.max_publish_rate),
+            format!("publish-burst = {}", self.publish_burst),
+            format!("max-connections-per-ip = {}", self.max_connections_per_ip),
+            format!(
+                "max-connection-rate-per-ip = {}",
+                self.max_connection_rate_per_ip
+            ),
+            format!("trusted-proxies = {}", list(&self.trusted_proxies)),
             format!("demo = {}", self.demo),
             format!("log = {:?}", self.log),
         ]
@@ -536,6 +581,8 @@ impl Config {
         }
         ringcast_core::pattern::parse_list(self.anonymous_subscribe.iter().map(String::as_str))
             .map_err(|e| format!("--anonymous-subscribe: {e}"))?;
+        crate::runtime::client_ip::parse_proxies(&self.trusted_proxies)
+            .map_err(|e| format!("--trusted-proxies: {e}"))?;
         Ok(())
     }
 
@@ -617,6 +664,10 @@ impl Config {
                 SlowConsumer::Conflate => ringcast_core::SlowConsumer::Conflate,
             },
             max_pending_publishes: self.max_pending_publishes,
+            token_expiry_notice: self.token_expiry_notice,
+            command_rate: rate(self.max_command_rate, self.command_burst),
+            publish_rate: rate(self.max_publish_rate, self.publish_burst),
+            rate_strikes: 20,
             max_json_depth: self.max_json_depth,
         }
     }
@@ -740,6 +791,13 @@ impl fmt::Display for Config {
             "off"
         };
         write!(f, "  demo               {demo}")
+    }
+}
+
+fn rate(per_second: u32, burst: u32) -> ringcast_core::limits::Rate {
+    ringcast_core::limits::Rate {
+        per_second: f64::from(per_second),
+        burst: f64::from(burst.max(1)),
     }
 }
 

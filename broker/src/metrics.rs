@@ -152,6 +152,10 @@ pub struct ShardMetrics {
     pub deliveries_dropped: Counter,
     pub history_evicted: Counter,
     pub history_expired: Counter,
+    pub denied: Counter,
+    pub auth_failures: Counter,
+    pub rate_limited: Counter,
+    pub ip_refused: Counter,
     pub http_errors: [Counter; HTTP_REASONS.len()],
     pub close_codes: [Counter; CLOSE_CODES.len() + 1],
 }
@@ -338,6 +342,21 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "Messages not forwarded to a shard whose queue was full; its subscribers got a `skipped` notice.",
         shards,
         |m| one(m.deliveries_dropped.get()),
+    );
+    family(
+        &mut out,
+        "ringcast_access_denied_total",
+        "counter",
+        "Refusals by access control: `forbidden`/`unauthorized` commands and publishes (reason=\"denied\"), credentials refused (reason=\"credentials\"), rate limits (reason=\"rate\"), per-IP connection limits (reason=\"ip\").",
+        shards,
+        |m| {
+            vec![
+                ("reason=\"denied\"".into(), m.denied.get().into()),
+                ("reason=\"credentials\"".into(), m.auth_failures.get().into()),
+                ("reason=\"rate\"".into(), m.rate_limited.get().into()),
+                ("reason=\"ip\"".into(), m.ip_refused.get().into()),
+            ]
+        },
     );
     family(
         &mut out,

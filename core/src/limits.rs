@@ -43,6 +43,18 @@ pub struct Limits {
     /// How deeply a published `data` may nest arrays and objects; deeper
     /// is refused with `bad_json` (`wire::command::json_depth`).
     pub max_json_depth: usize,
+    /// How long before a token expires its connection is told
+    /// (`expiring`).
+    pub token_expiry_notice: Duration,
+    /// Commands per second one connection may send (token bucket; 0: no
+    /// limit), and the burst it may send at once.
+    pub command_rate: Rate,
+    /// Publishes per second one subject (a token's `sub`, an API key) may
+    /// make on this shard (0: no limit).
+    pub publish_rate: Rate,
+    /// Commands refused in a row for the command rate before the
+    /// connection is closed with 4429.
+    pub rate_strikes: u32,
 }
 
 impl Default for Limits {
@@ -61,6 +73,28 @@ impl Default for Limits {
             slow_consumer: SlowConsumer::Disconnect,
             max_pending_publishes: 256,
             max_json_depth: crate::wire::command::DEFAULT_MAX_JSON_DEPTH,
+            token_expiry_notice: Duration::from_secs(30),
+            command_rate: Rate::UNLIMITED,
+            publish_rate: Rate::UNLIMITED,
+            rate_strikes: 20,
         }
+    }
+}
+
+/// A rate limit: `per_second` sustained, `burst` at once (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    pub const UNLIMITED: Rate = Rate {
+        per_second: 0.0,
+        burst: 0.0,
+    };
+
+    pub fn is_limited(&self) -> bool {
+        self.per_second > 0.0
     }
 }

@@ -9,7 +9,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use bytes::Bytes;
+
+use crate::limits::Rate;
 
 use crate::auth::Grant;
 use crate::outbox::Outbox;
@@ -89,6 +93,13 @@ pub(crate) struct Session {
     pub poll_bytes: usize,
     pub poll_gap: Option<Bytes>,
     pub refused: Option<ErrorCode>,
+    /// When its credentials expire, and when it must have presented some
+    /// (see `engine::access`).
+    pub expires_at: Option<Instant>,
+    pub token_due: Option<Instant>,
+    /// Its command rate, and the commands refused for it in a row.
+    pub bucket: Bucket,
+    pub strikes: u32,
     pub incarnation: u64,
 }
 
@@ -108,11 +119,93 @@ impl Session {
             poll_bytes: 0,
             poll_gap: None,
             refused: None,
+            expires_at: None,
+            token_due: None,
+            bucket: Bucket::default(),
+            strikes: 0,
             incarnation: 0,
         }
     }
 
     pub fn sub(&self, topic: &str) -> Option<&Sub> {
         self.subs.iter().find(|s| *s.topic == *topic)
+    }
+}
+
+/// A token bucket, refilled lazily from the time passed in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    /// Takes one token if there is one; `rate` unlimited always allows.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        if !rate.is_limited() {
+            return true;
+        }
+        let burst = rate.burst.max(1.0);
+        let tokens = match self.at {
+            None => burst,
+            Some(at) => {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                (self.tokens + dt * rate.per_second).min(burst)
+            }
+        };
+        self.at = Some(now);
+        if tokens >= 1.0 {
+            self.tokens = tokens - 1.0;
+            true
+        } else {
+            self.tokens = tokens;
+            false
+        }
+    }
+
+    /// Seconds until a token is back (for `Retry-After`).
+    pub fn wait(&self, rate: Rate) -> f64 {
+        if !rate.is_limited() || self.tokens >= 1.0 {
+            return 0.0;
+        }
+        (1.0 - self.tokens) / rate.per_second
+    }
+
+    /// Full again (idle long enough to be forgotten).
+    pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        match self.at {
+            None => true,
+            Some(at) => {
+                self.tokens + now.saturating_duration_since(at).as_secs_f64() * rate.per_second
+                    >= rate.burst.max(1.0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let rate = Rate {
+            per_second: 10.0,
+            burst: 3.0,
+        };
+        let t0 = Instant::now();
+        let mut b = Bucket::default();
+        assert!((0..3).all(|_| b.take(rate, t0)));
+        assert!(!b.take(rate, t0));
+        assert!(b.wait(rate) > 0.0);
+        assert!(
+            b.take(rate, t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!b.take(rate, t0 + Duration::from_millis(100)));
+        assert!(b.is_full(rate, t0 + Duration::from_secs(1)));
+        assert!(Bucket::default().take(Rate::UNLIMITED, t0));
     }
 }

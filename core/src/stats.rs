@@ -30,4 +30,9 @@ pub struct Stats {
     pub history_expired: u64,
     /// Commands refused by the authorization hook.
     pub denied: u64,
+    /// Credentials refused (a bad or expired token, none when one was
+    /// due).
+    pub auth_failures: u64,
+    /// Commands and publishes refused by a rate limit.
+    pub rate_limited: u64,
 }

@@ -738,6 +738,17 @@ pub fn command(data: &[u8]) {
                 id_of(&v, &id);
             }
         }
+        Ok(Command::Connect { token, id } | Command::Refresh { token, id }) => {
+            check_id(&id);
+            // The `connected` reply carries the token's `sub` (any text):
+            // it must come out as valid JSON with the same string.
+            let sub = token.as_deref().unwrap_or("");
+            if let Some(v) = reply_json(&reply::connected("connected", Some(sub), Some(7), &id)) {
+                assert_eq!(v["sub"], sub);
+                assert_eq!(v["expires_in"], 7);
+                id_of(&v, &id);
+            }
+        }
         Ok(Command::Publish { topic, data, id }) => {
             check_topic(&topic);
             check_id(&id);

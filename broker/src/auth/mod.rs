@@ -89,6 +89,14 @@ impl Policy {
         self.mode
     }
 
+    /// Whether a client without a token may subscribe to anything.
+    pub fn anonymous_may_subscribe(&self) -> bool {
+        match &self.anonymous {
+            Access::All => true,
+            Access::Topics(p) => !p.is_empty(),
+        }
+    }
+
     /// Whether a client must present credentials to publish over HTTP.
     pub fn requires_auth(&self) -> bool {
         self.mode == AuthMode::Jwt || !self.keys().is_empty()

@@ -14,6 +14,7 @@
 //! (pub/sub) or `/echo` turns the connection into a WebSocket for good.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -23,9 +24,13 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, warn};
 
+use super::access::{self, Origin};
+use super::client_ip::{self, Refused};
 use super::shard::Shard;
+use crate::auth::AuthMode;
 use crate::error::HttpError;
 use crate::metrics::{self, Kind};
+use ringcast_core::auth::Denied;
 use ringcast_core::outbox::{Outbox, PushError};
 use ringcast_core::wire::command::{self, ErrorCode};
 use ringcast_core::wire::reply;
@@ -94,6 +99,13 @@ pub enum Endpoint {
 pub struct Conn {
     pub id: ConnId,
     pub stream: TcpStream,
+    /// The TCP peer, and the client IP the per-IP limits counted this
+    /// connection under (once its first request named it).
+    pub peer: IpAddr,
+    pub ip: Cell<Option<IpAddr>>,
+    /// The allowed `Origin` of the request being answered: its response
+    /// carries the CORS headers.
+    cors: RefCell<Option<Box<str>>>,
     pub ws: RefCell<Option<WebSocket>>,
     pub phase: Cell<Phase>,
     /// When the sweeper shuts the socket down regardless (request and
@@ -126,10 +138,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, stream: TcpStream, deadline: Instant) -> Conn {
+    pub fn new(id: ConnId, stream: TcpStream, peer: IpAddr, deadline: Instant) -> Conn {
         Conn {
             id,
             stream,
+            peer,
+            ip: Cell::new(None),
+            cors: RefCell::new(None),
             ws: RefCell::new(None),
             phase: Cell::new(Phase::Http),
             deadline: Cell::new(Some(deadline)),
@@ -358,7 +373,7 @@ fn respond(
     content_type: &str,
     body: &[u8],
 ) -> Next {
-    respond_with(shard, conn, keep, status, content_type, None, body)
+    respond_with(shard, conn, keep, status, content_type, &[], body)
 }
 
 /// [`respond`] with one more header.
@@ -368,12 +383,17 @@ fn respond_with(
     keep: bool,
     status: u16,
     content_type: &str,
-    extra: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
     body: &[u8],
 ) -> Next {
     let connection = if keep { "keep-alive" } else { "close" };
     let mut headers = vec![("Content-Type", content_type), ("Connection", connection)];
-    headers.extend(extra);
+    headers.extend_from_slice(extra);
+    let cors = conn.cors.borrow_mut().take();
+    if let Some(origin) = &cors {
+        headers.push(("Access-Control-Allow-Origin", origin));
+        headers.push(("Vary", "Origin"));
+    }
     let resp = head_only(conn, response(status, &headers, body));
     shard.outbox(conn, |o| o.push_response(resp));
     if keep {
@@ -428,6 +448,50 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     if conn.head.get() && streaming {
         return reject(shard, conn, HttpError::MethodNotAllowed("GET"));
     }
+    // Per-IP limits count a connection once its first request names its
+    // client (a proxy's headers may). `/healthz` is exempt: a load
+    // balancer must not take a busy broker for a dead one.
+    if conn.ip.get().is_none() && path != "/healthz" {
+        let ip = client_ip::client_ip(conn.peer, &req, shard.shared.trusted_proxies());
+        match shard.shared.ip_limits().begin(ip, Instant::now()) {
+            Ok(()) => conn.ip.set(Some(ip)),
+            Err(why) => {
+                shard.metrics().ip_refused.inc();
+                debug!(shard = shard.id, %ip, ?why, "per-IP limit");
+                let body = match why {
+                    Refused::TooManyConnections => "too many connections from this address\n",
+                    Refused::TooManyNewConnections => {
+                        "too many new connections from this address\n"
+                    }
+                };
+                return respond_with(
+                    shard,
+                    conn,
+                    false,
+                    503,
+                    "text/plain; charset=utf-8",
+                    &[("Retry-After", "1")],
+                    body.as_bytes(),
+                );
+            }
+        }
+    }
+    // Browsers: what a page of another origin may call is
+    // `--allowed-origins` (empty: any), on every endpoint it can reach.
+    let browser_facing =
+        streaming || path.starts_with("/publish/") || path == "/ws" || path == "/echo";
+    if browser_facing {
+        match access::origin(&req, &shard.config.allowed_origins) {
+            Origin::Refused => return reject(shard, conn, HttpError::OriginRejected),
+            Origin::Allowed(o) if path != "/ws" && path != "/echo" => {
+                *conn.cors.borrow_mut() = Some(o.into_boxed_str());
+            }
+            _ => {}
+        }
+    }
+    if method == "OPTIONS" && browser_facing {
+        return preflight(shard, conn, &req, keep);
+    }
     match (method, path) {
         (_, "/ws") => upgrade(shard, conn, &req, Endpoint::PubSub),
         (_, "/echo") => upgrade(shard, conn, &req, Endpoint::Echo),
@@ -438,7 +502,7 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
             200,
             "text/html; charset=utf-8",
             // A new binary's page must not be hidden behind a cached one.
-            Some(("Cache-Control", "no-cache")),
+            &[("Cache-Control", "no-cache")],
             crate::demo::PAGE.as_bytes(),
         ),
         (_, "/") => reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD)),
@@ -495,12 +559,67 @@ fn healthz(shard: &Shard, conn: &Conn, keep: bool) -> Next {
 /// Answers the upgrade; the WebSocket loop runs once the request (and its
 /// headers: up to kilobytes from a browser) is dropped.
 fn upgrade(shard: &Shard, conn: &Conn, req: &Request, endpoint: Endpoint) -> Next {
-    match handshake::accept(req, &shard.policy) {
-        Ok(accepted) => {
-            shard.outbox(conn, |o| o.push_response(accepted.response()));
-            Next::WebSocket(endpoint)
+    let accepted = match handshake::accept(req, &shard.policy) {
+        Ok(a) => a,
+        Err(e) => return reject(shard, conn, e),
+    };
+    if endpoint == Endpoint::PubSub {
+        // A token on the upgrade URL is checked before the upgrade: a bad
+        // one is an HTTP 401, which every client library reports.
+        if let Err(next) = admit(shard, conn, req, false) {
+            return next;
         }
-        Err(e) => reject(shard, conn, e),
+        let policy = shard.shared.policy();
+        let now = Instant::now();
+        if policy.mode() == AuthMode::Jwt && !policy.anonymous_may_subscribe() {
+            // Nothing is allowed without a token: it must `connect` in time.
+            let due = now + shard.config.handshake_timeout;
+            shard.engine(|e| e.require_token_by(conn.id, due));
+        }
+    }
+    shard.outbox(conn, |o| o.push_response(accepted.response()));
+    Next::WebSocket(endpoint)
+}
+
+/// Admits a request's bearer credential (header or `token=`), if it has
+/// one; a refusal is answered 401 (the `Err`). Without one the connection
+/// keeps the anonymous grant it was opened with.
+fn admit(shard: &Shard, conn: &Conn, req: &Request, keep: bool) -> Result<(), Next> {
+    let Some(token) = access::bearer(req) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    let creds = ringcast_core::auth::Credentials::token(token);
+    shard
+        .engine(|e| e.admit(conn.id, &creds, now))
+        .map_err(|d| {
+            let msg = match d {
+                Denied::Unauthorized(m) | Denied::Forbidden(m) => m,
+                _ => "refused".into(),
+            };
+            json_error(shard, conn, keep, ErrorCode::Unauthorized, &msg)
+        })
+}
+
+/// A CORS preflight (`OPTIONS` with `Origin`) from an allowed origin:
+/// what may follow. From any other origin the route refused it already.
+fn preflight(shard: &Shard, conn: &Conn, req: &Request, keep: bool) -> Next {
+    let origin = conn.cors.borrow_mut().take();
+    let Some(origin) = origin.filter(|_| req.header("access-control-request-method").is_some())
+    else {
+        return reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD));
+    };
+    let headers = access::preflight_headers(&origin);
+    let connection = if keep { "keep-alive" } else { "close" };
+    let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    h.push(("Connection", connection));
+    let resp = response(204, &h, b"");
+    shard.outbox(conn, |o| o.push_response(resp));
+    if keep {
+        Next::KeepAlive
+    } else {
+        conn.finish(shard, Instant::now() + shard.config.close_timeout);
+        Next::Close
     }
 }
 
@@ -602,10 +721,30 @@ async fn publish(
         let message = command::too_deep(max_depth);
         return json_error(shard, conn, keep, ErrorCode::BadJson, &message);
     }
-    let answer = match shard.publish(topic, body, true) {
+    // An API key or a token (none needed under --auth none without keys).
+    let bearer = access::bearer(req);
+    let grant = match shard.shared.policy().http_publisher(bearer.as_deref()) {
+        Ok(g) => g,
+        Err(d) => {
+            if !matches!(d, Denied::Forbidden(_)) {
+                shard.metrics().auth_failures.inc();
+            }
+            let (code, msg) = match d {
+                Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
+                Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
+                _ => (ErrorCode::Forbidden, "refused".into()),
+            };
+            return json_error(shard, conn, keep, code, &msg);
+        }
+    };
+    let answer = match shard.publish_as(Some(&grant), topic, body, true) {
         Ok(Some(rx)) => rx.await,
         Ok(None) => unreachable!("an acknowledged publish has a receiver"),
-        Err(code) => Ok(Err(code)),
+        Err((code, Some(wait))) => {
+            let msg = "too many publishes; retry later";
+            return json_error_after(shard, conn, keep, code, msg, Some(wait));
+        }
+        Err((code, None)) => Ok(Err(code)),
     };
     // Once shutting down, this response is the connection's last.
     let keep = keep && !shard.is_closing();
@@ -630,6 +769,8 @@ fn publish_refusal(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Overloaded => "the broker is overloaded; retry later",
         ErrorCode::Limit => "too many topics",
+        ErrorCode::Forbidden => "the credentials do not allow this topic",
+        ErrorCode::Unauthorized => "an API key or a token is needed for this topic",
         _ => "refused",
     }
 }
@@ -683,6 +824,9 @@ async fn poll(shard: &Rc<Shard>, conn: &Rc<Conn>, req: &Request, topic: &str, ke
             "text/plain; charset=utf-8",
             b"too many held polls\n",
         );
+    }
+    if let Err(next) = admit(shard, conn, req, keep) {
+        return next;
     }
     shard.set_transport(conn, Transport::Poll);
     // The request is in; holding it is bounded by `timeout_ms` (at most
@@ -742,7 +886,7 @@ fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
         keep && !shard.is_closing() && !conn.peer_done.get(),
         200,
         "application/json",
-        Some((EPOCH_HEADER, &epoch)),
+        &[(EPOCH_HEADER, &epoch)],
         &body,
     )
 }
@@ -767,6 +911,8 @@ fn subscribe_refusal(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Overloaded => "the broker is overloaded; retry later",
         ErrorCode::Limit => "too many topics",
+        ErrorCode::Forbidden => "the token does not allow this topic",
+        ErrorCode::Unauthorized => "a token is needed for this topic",
         _ => "refused",
     }
 }
@@ -803,11 +949,22 @@ async fn sse(
         (_, Some(Some(id))) => Some(id),
         (Ok(s), None) => s,
     };
+    // Refusals are HTTP answers, before the stream begins.
+    if let Err(next) = admit(shard, conn, req, false) {
+        return next;
+    }
+    if let Err((code, msg)) = shard.engine(|e| e.check_subscribe(conn.id, topic)) {
+        return json_error(shard, conn, false, code, &msg);
+    }
     shard.set_transport(conn, Transport::Sse);
     shard.set_kind(conn, Kind::Sse);
+    let cors = match conn.cors.borrow_mut().take() {
+        Some(o) => format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n"),
+        None => String::new(),
+    };
     let head = Bytes::from(format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\nConnection: close\r\n\r\n",
+         X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\n{cors}Connection: close\r\n\r\n",
         shard.shared.epoch()
     ));
     shard.outbox(conn, |o| o.push_response(head));
@@ -838,22 +995,48 @@ async fn sse(
 /// with a JSON body shaped like the WebSocket `error` reply. The connection
 /// is kept.
 fn json_error(shard: &Shard, conn: &Conn, keep: bool, code: ErrorCode, message: &str) -> Next {
+    json_error_after(shard, conn, keep, code, message, None)
+}
+
+/// [`json_error`] with the seconds a client should wait before retrying
+/// (`Retry-After`, for a rate limit).
+fn json_error_after(
+    shard: &Shard,
+    conn: &Conn,
+    keep: bool,
+    code: ErrorCode,
+    message: &str,
+    retry: Option<f64>,
+) -> Next {
     let status = match code {
         ErrorCode::Limit | ErrorCode::Overloaded => 503,
         ErrorCode::Unauthorized => 401,
         ErrorCode::Forbidden => 403,
+        ErrorCode::RateLimited => 429,
         _ => 400,
     };
     let frame = reply::error(code, message, &None);
-    // An overloaded broker says when to come back.
-    let retry = (code == ErrorCode::Overloaded).then_some(("Retry-After", "1"));
+    let retry = match code {
+        // An overloaded or rate-limited broker says when to come back.
+        ErrorCode::Overloaded | ErrorCode::RateLimited => {
+            Some(format!("{}", retry.unwrap_or(1.0).ceil().max(1.0) as u64))
+        }
+        _ => None,
+    };
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(r) = &retry {
+        extra.push(("Retry-After", r));
+    }
+    if code == ErrorCode::Unauthorized {
+        extra.push(("WWW-Authenticate", "Bearer realm=\"ringcast\""));
+    }
     respond_with(
         shard,
         conn,
         keep,
         status,
         "application/json",
-        retry,
+        &extra,
         &reply::message_json(&frame),
     )
 }

@@ -17,6 +17,8 @@
 //! 4. `Bytes` is the I/O buffer type, so one encoded frame can be queued
 //!    for many sockets.
 
+pub mod access;
+pub mod client_ip;
 pub mod conn;
 pub mod demo;
 pub mod listener;
@@ -48,6 +50,10 @@ pub struct Shared {
     placement_seed: [u64; 4],
     /// Who may connect, subscribe and publish (`--auth`, API keys).
     policy: Arc<crate::auth::Policy>,
+    /// Connections per client IP, across shards, and the proxies whose
+    /// forwarding headers name the client.
+    ip_limits: client_ip::IpLimits,
+    trusted_proxies: Vec<client_ip::Cidr>,
     /// Names this broker instance (16 hex digits, random at start). History
     /// lives in memory, so seqs restart at 1 with the process; clients
     /// compare epochs to tell a resumed stream from a new one.
@@ -73,6 +79,14 @@ impl Shared {
 
     pub fn policy(&self) -> &Arc<crate::auth::Policy> {
         &self.policy
+    }
+
+    pub fn ip_limits(&self) -> &client_ip::IpLimits {
+        &self.ip_limits
+    }
+
+    pub fn trusted_proxies(&self) -> &[client_ip::Cidr] {
+        &self.trusted_proxies
     }
 
     /// Every shard is accepting (what `/healthz` reports).
@@ -143,6 +157,12 @@ pub fn start(config: Config) -> Result<Server, Error> {
         shards: config.shards,
         placement_seed: rand::random(),
         policy: policy.clone(),
+        ip_limits: client_ip::IpLimits::new(
+            config.max_connections_per_ip,
+            config.max_connection_rate_per_ip,
+        ),
+        trusted_proxies: client_ip::parse_proxies(&config.trusted_proxies)
+            .map_err(Error::Config)?,
         epoch: format!("{:016x}", rand::random::<u64>()),
         ready: AtomicUsize::new(0),
         metrics: (0..config.shards)

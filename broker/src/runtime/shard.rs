@@ -39,6 +39,9 @@ use super::Shared;
 use crate::config::Config;
 use crate::metrics::{Kind, ShardMetrics};
 
+/// Where an HTTP publish learns its seq (or why it got none).
+pub type SeqReceiver = oneshot::Receiver<Result<u64, ErrorCode>>;
+
 /// Connections past the limit still get an answer (`/healthz`, or `503`
 /// to anything else), up to this many extra; beyond that they are closed
 /// without a word.
@@ -148,6 +151,11 @@ impl Shard {
                         self.slow_close(&c);
                     }
                 }
+                Output::Close { conn, code, reason } => {
+                    if let Some(c) = self.conn(conn) {
+                        self.access_close(&c, code, reason);
+                    }
+                }
                 Output::PollReady(id) => {
                     if let Some(c) = self.conn(id) {
                         c.poll_ready.notify_one();
@@ -175,6 +183,21 @@ impl Shard {
         }
     }
 
+    /// Access control ends `conn` (4400, 4401, 4403, 4429 on a WebSocket;
+    /// an SSE stream just ends).
+    fn access_close(&self, conn: &Conn, code: u16, reason: &str) {
+        debug!(shard = self.id, code, reason, "access close");
+        let deadline = Instant::now() + self.config.close_timeout;
+        match conn.phase.get() {
+            Phase::WebSocket => conn.start_close(self, CloseCode(code), reason, deadline),
+            Phase::Stream => {
+                self.outbox(conn, Outbox::finish);
+                conn.deadline.set(Some(deadline));
+            }
+            _ => {}
+        }
+    }
+
     /// Copies the engine's counters into this shard's metrics block.
     fn sync_metrics(&self) {
         let engine = self.engine.borrow();
@@ -191,6 +214,9 @@ impl Shard {
         m.deliveries_dropped.set(s.deliveries_dropped);
         m.history_evicted.set(s.history_evicted);
         m.history_expired.set(s.history_expired);
+        m.denied.set(s.denied);
+        m.auth_failures.set(s.auth_failures);
+        m.rate_limited.set(s.rate_limited);
     }
 
     /// `POST /publish` and the demo feeder: publishes and, if asked,
@@ -200,7 +226,19 @@ impl Shard {
         topic: &str,
         data: Bytes,
         ack: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<u64, ErrorCode>>>, ErrorCode> {
+    ) -> Result<Option<SeqReceiver>, ErrorCode> {
+        self.publish_as(None, topic, data, ack).map_err(|(c, _)| c)
+    }
+
+    /// [`Shard::publish`] by a client admitted with `grant` (checked and
+    /// rate-limited by the engine); `None` for the broker's own publishes.
+    pub fn publish_as(
+        &self,
+        grant: Option<&Grant>,
+        topic: &str,
+        data: Bytes,
+        ack: bool,
+    ) -> Result<Option<SeqReceiver>, (ErrorCode, Option<f64>)> {
         let (token, rx) = if ack {
             let (tx, rx) = oneshot::channel();
             (
@@ -211,7 +249,10 @@ impl Shard {
             (None, None)
         };
         let now = Instant::now();
-        let result = self.engine(|e| e.publish(topic, data, token, now));
+        let result = self.engine(|e| match grant {
+            Some(g) => e.publish_as(g, topic, data, token, now),
+            None => e.publish(topic, data, token, now).map_err(|c| (c, None)),
+        });
         if result.is_err() {
             if let Some(t) = token {
                 self.publishes.borrow_mut().remove(t as usize);
@@ -237,6 +278,9 @@ impl Shard {
         debug!(shard = self.id, conn = conn.id.index(), kind = ?conn.kind.get(), close = ?close.map(|c| c.0), "closed");
         let now = Instant::now();
         self.engine(|e| e.close(conn.id, now));
+        if let Some(ip) = conn.ip.take() {
+            self.shared.ip_limits().end(ip, now);
+        }
         self.conns.borrow_mut()[conn.id.index()] = None;
         self.open.set(self.open.get() - 1);
         if self.open.get() == 0 {
@@ -253,8 +297,16 @@ impl Shard {
         self.metrics().accepted.inc();
         self.metrics().connection(Kind::Http).inc();
         let now = Instant::now();
-        let id = self.engine(|e| e.open(Grant::default()));
-        let conn = Rc::new(Conn::new(id, stream, now + self.config.handshake_timeout));
+        let id = self.engine(|e| {
+            let grant = e.anonymous_grant();
+            e.open(grant)
+        });
+        let conn = Rc::new(Conn::new(
+            id,
+            stream,
+            peer.ip(),
+            now + self.config.handshake_timeout,
+        ));
         {
             let mut conns = self.conns.borrow_mut();
             if conns.len() <= id.index() {

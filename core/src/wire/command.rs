@@ -45,6 +45,32 @@ pub enum Command {
         data: Bytes,
         id: Option<Id>,
     },
+    /// `{"op":"connect","token":T}`: present credentials (the first
+    /// command under `--auth jwt`). `None`: no `token` string; the engine
+    /// refuses that as a bad connect.
+    Connect {
+        token: Option<String>,
+        id: Option<Id>,
+    },
+    /// `{"op":"refresh","token":T}`: replace the token of a live
+    /// connection (same `sub`).
+    Refresh {
+        token: Option<String>,
+        id: Option<Id>,
+    },
+}
+
+impl Command {
+    /// The command's `id`, if it had one.
+    pub fn id(&self) -> Option<&Id> {
+        match self {
+            Command::Subscribe { id, .. }
+            | Command::Unsubscribe { id, .. }
+            | Command::Publish { id, .. }
+            | Command::Connect { id, .. }
+            | Command::Refresh { id, .. } => id.as_ref(),
+        }
+    }
 }
 
 /// The `code` of an `error` reply.
@@ -71,6 +97,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The credentials do not allow this.
     Forbidden,
+    /// Too many commands or publishes per second; slow down.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -86,6 +114,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -114,6 +143,8 @@ struct Fields<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -224,10 +255,20 @@ pub fn parse_limited(frame: &Bytes, max_depth: usize) -> Result<Command, Command
                 id,
             })
         }
+        "connect" | "refresh" => {
+            let token = fields
+                .token
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+            Ok(if op == "connect" {
+                Command::Connect { token, id }
+            } else {
+                Command::Refresh { token, id }
+            })
+        }
         other => Err(fail(
             ErrorCode::UnknownOp,
             &format!(
-                "unknown op {:?} (expected subscribe, unsubscribe or publish)",
+                "unknown op {:?} (expected subscribe, unsubscribe, publish, connect or refresh)",
                 truncate(other, 64)
             ),
             id,

@@ -120,6 +120,39 @@ pub fn unsubscribed(topic: &str, id: &Option<Id>) -> Bytes {
     op_topic("unsubscribed", topic, id)
 }
 
+/// `{"op":"connected","sub":S,"expires_in":N,"id":...}`: the answer to a
+/// `connect` (or `refreshed` to a `refresh`); `expires_in` (seconds) is
+/// absent for credentials that do not expire. `sub` went through a JWT
+/// signature check, but it is still the issuer's text: it is escaped.
+pub fn connected(op: &str, sub: Option<&str>, expires_in: Option<u64>, id: &Option<Id>) -> Bytes {
+    let sub = sub.map(|s| serde_json::to_string(s).unwrap_or_default());
+    let mut out = begin(64 + sub.as_ref().map_or(0, String::len));
+    out.put_slice(b"{\"op\":\"");
+    out.put_slice(op.as_bytes());
+    out.put_u8(b'"');
+    if let Some(sub) = sub {
+        out.put_slice(b",\"sub\":");
+        out.put_slice(sub.as_bytes());
+    }
+    if let Some(n) = expires_in {
+        out.put_slice(b",\"expires_in\":");
+        put_u64(&mut out, n);
+    }
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":"expiring","expires_in":N}`: the connection's token expires in
+/// N seconds; `refresh` it or be closed with 4401.
+pub fn expiring(expires_in: u64) -> Bytes {
+    let mut out = begin(48);
+    out.put_slice(b"{\"op\":\"expiring\",\"expires_in\":");
+    put_u64(&mut out, expires_in);
+    out.put_u8(b'}');
+    finish(out)
+}
+
 /// `{"op":"published","topic":T,"seq":N,"id":...}`: the answer to a
 /// `publish` that carried an `id` (an addition to the v1 contract).
 pub fn published(topic: &str, seq: u64, id: &Option<Id>) -> Bytes {

@@ -1151,12 +1151,17 @@ impl World {
             | Output::Drop(c)
             | Output::SlowClose(c)
             | Output::PollReady(c) => *c,
+            Output::Close { conn, .. } => *conn,
         };
         let Some(c) = self.client_of(shard, conn) else {
             // For a connection already closed: nothing to do.
             return;
         };
         match out {
+            // Access control is open and unlimited here.
+            Output::Close { code, reason, .. } => fail(format!(
+                "c{c}: access close {code} {reason} under open access"
+            )),
             Output::Wake(_) => self.clients[c].awake = true,
             Output::Resume(_) => {
                 let cl = &mut self.clients[c];

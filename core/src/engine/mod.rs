@@ -24,7 +24,7 @@
 //! and the runtime hands over no further command while
 //! [`Engine::is_waiting`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +32,13 @@ use ahash::RandomState;
 use bytes::Bytes;
 use slab::Slab;
 
+mod access;
+
+pub use access::{
+    close_code, CLOSE_BAD_CONNECT, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED,
+};
+
+use self::access::Due;
 use crate::auth::{Authorizer, Denied, Grant};
 use crate::limits::{Limits, SlowConsumer};
 use crate::outbox::{Outbox, PushError, Pushed, State};
@@ -58,6 +65,13 @@ pub enum Output {
     SlowClose(ConnId),
     /// A held long-poll has something to answer with.
     PollReady(ConnId),
+    /// Access control closes the connection: a WebSocket gets this close
+    /// code (4400, 4401, 4403, 4429), an SSE stream ends.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: &'static str,
+    },
     /// An HTTP publish got its seq, or was refused.
     Published {
         token: u64,
@@ -121,6 +135,12 @@ pub struct Engine<R> {
     inbox: VecDeque<Msg>,
     out: VecDeque<Output>,
     stats: Stats,
+    /// The time the last entry point was given.
+    clock: Option<Instant>,
+    /// Session deadlines (token due, expiry notice, expiry), by time.
+    timers: BTreeSet<(Instant, u32, u32, Due)>,
+    /// Publish rate per subject.
+    publish_buckets: HashMap<Arc<str>, crate::session::Bucket, RandomState>,
 }
 
 impl<R: Route> Engine<R> {
@@ -147,7 +167,21 @@ impl<R: Route> Engine<R> {
             inbox: VecDeque::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
+            clock: None,
+            timers: BTreeSet::new(),
+            publish_buckets: HashMap::default(),
         }
+    }
+
+    /// The time of the entry point running now (every entry point that can
+    /// reach a timer or a rate limit sets it first).
+    fn now(&self) -> Instant {
+        self.clock.expect("set by every entry point")
+    }
+
+    /// What a client without credentials is granted.
+    pub fn anonymous_grant(&self) -> Grant {
+        self.auth.anonymous()
     }
 
     pub fn shard(&self) -> ShardId {
@@ -187,12 +221,18 @@ impl<R: Route> Engine<R> {
 
     /// When [`Engine::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.owner.next_expiry(&self.limits)
+        match (self.owner.next_expiry(&self.limits), self.next_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expires history whose time is up.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         self.owner.expire(now, &self.limits, &mut self.stats);
+        self.run_timers(now);
+        self.forget_idle_buckets(now);
     }
 
     // ---- connections ------------------------------------------------------
@@ -225,6 +265,7 @@ impl<R: Route> Engine<R> {
     /// The connection is gone: its subscriptions end, answers still on
     /// their way to it are dropped when they arrive.
     pub fn close(&mut self, conn: ConnId, now: Instant) {
+        self.clock = Some(now);
         self.unsubscribe_all(conn, now);
         if self.session(conn).is_some() {
             self.sessions.remove(conn.idx as usize);
@@ -277,6 +318,7 @@ impl<R: Route> Engine<R> {
 
     /// A text frame from a `/ws` client.
     pub fn command(&mut self, conn: ConnId, payload: &Bytes, now: Instant) -> Flow {
+        self.clock = Some(now);
         let Some(s) = self.session_mut(conn) else {
             return Flow::Continue;
         };
@@ -296,7 +338,9 @@ impl<R: Route> Engine<R> {
             return Flow::Wait;
         }
         let mark = self.out.len();
-        self.run_command(conn, payload.clone());
+        if self.take_command_token(conn, payload) {
+            self.run_command(conn, payload.clone());
+        }
         self.drain_inbox(now);
         self.flow_after(conn, mark)
     }
@@ -353,6 +397,8 @@ impl<R: Route> Engine<R> {
                 self.reply(conn, reply::unsubscribed(&topic, &id));
             }
             Ok(Command::Publish { topic, data, id }) => self.publish_ws(conn, topic, data, id),
+            Ok(Command::Connect { token, id }) => self.connect_command(conn, token, id),
+            Ok(Command::Refresh { token, id }) => self.refresh_command(conn, token, id),
             Err(e) => self.reply(conn, reply::error(e.code, &e.message, &e.id)),
         }
     }
@@ -822,6 +868,11 @@ impl<R: Route> Engine<R> {
             let (code, msg) = denial(d, "publish to", &topic);
             return self.reply_in_order(conn, reply::error(code, &msg, &id));
         }
+        let subject = s.grant.subject.clone();
+        if let Err(wait) = self.take_publish_token(subject.as_deref()) {
+            let msg = format!("too many publishes: retry in {:.1} s", wait.max(0.1));
+            return self.reply_in_order(conn, reply::error(ErrorCode::RateLimited, &msg, &id));
+        }
         let topic: Arc<str> = Arc::from(topic);
         let (ack, token) = if id.is_some() {
             let token = self.pending.insert(Pending::WsPub {
@@ -867,9 +918,32 @@ impl<R: Route> Engine<R> {
         }
     }
 
-    /// `POST /publish/{topic}` (and the demo feeder). With a `token`, the
-    /// outcome comes back as [`Output::Published`]; without, nobody waits
-    /// and no acknowledgement crosses shards.
+    /// `POST /publish/{topic}` by a client admitted with `grant` (an API
+    /// key's, a token's): checked against what the grant allows and its
+    /// subject's publish rate first. A refusal carries its code and, for a
+    /// rate limit, the seconds until a retry may pass.
+    pub fn publish_as(
+        &mut self,
+        grant: &Grant,
+        topic: &str,
+        data: Bytes,
+        token: Option<u64>,
+        now: Instant,
+    ) -> Result<(), (ErrorCode, Option<f64>)> {
+        self.clock = Some(now);
+        if let Err(d) = self.auth.publish(grant, topic) {
+            self.stats.denied += 1;
+            return Err((denial(d, "publish to", topic).0, None));
+        }
+        if let Err(wait) = self.take_publish_token(grant.subject.as_deref()) {
+            return Err((ErrorCode::RateLimited, Some(wait)));
+        }
+        self.publish(topic, data, token, now).map_err(|c| (c, None))
+    }
+
+    /// `POST /publish/{topic}` (and the demo feeder), unchecked. With a
+    /// `token`, the outcome comes back as [`Output::Published`]; without,
+    /// nobody waits and no acknowledgement crosses shards.
     pub fn publish(
         &mut self,
         topic: &str,
@@ -877,6 +951,7 @@ impl<R: Route> Engine<R> {
         token: Option<u64>,
         now: Instant,
     ) -> Result<(), ErrorCode> {
+        self.clock = Some(now);
         let topic: Arc<str> = Arc::from(topic);
         let pending = token.map(|t| self.pending.insert(Pending::HttpPub(t)));
         let ack = match pending {
@@ -924,6 +999,7 @@ impl<R: Route> Engine<R> {
 
     /// A batch of messages from another shard (or several).
     pub fn handle(&mut self, msg: Msg, now: Instant) {
+        self.clock = Some(now);
         self.dispatch(msg, now);
         self.drain_inbox(now);
     }

@@ -1,0 +1,283 @@
+//! Access on a live connection: admission (`connect`, a token on the
+//! upgrade or request), a token's lifetime (`refresh`, the `expiring`
+//! notice, the close at expiry), and rate limits.
+//!
+//! The close codes follow the graphql-ws protocol, so that client
+//! libraries' reconnect logic can tell them apart: 4400 a bad `connect`,
+//! 4401 no valid credentials (or they expired), 4403 forbidden, 4429 too
+//! many requests. Refusals that leave the connection usable (a topic the
+//! token does not cover, a refresh for another `sub`, one command too
+//! many) are per-command errors instead.
+
+use std::time::{Duration, Instant};
+
+use super::{Engine, Output};
+use crate::auth::{Credentials, Denied};
+use crate::route::Route;
+use crate::session::ConnId;
+use crate::wire::command::{ErrorCode, Id};
+use crate::wire::reply;
+
+/// WebSocket close codes for access decisions.
+pub const CLOSE_BAD_CONNECT: u16 = 4400;
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+pub const CLOSE_TOO_MANY: u16 = 4429;
+
+/// What a timer of a session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Due {
+    /// No credentials yet, and it must present some.
+    Token,
+    /// Its token expires soon: tell it.
+    Notice,
+    /// Its token expired.
+    Expiry,
+}
+
+impl<R: Route> Engine<R> {
+    /// A client presented credentials outside a command (a token on the
+    /// WebSocket upgrade URL, on an SSE or long-poll request). On success
+    /// the session's grant is replaced and its expiry scheduled.
+    pub fn admit(
+        &mut self,
+        conn: ConnId,
+        credentials: &Credentials,
+        now: Instant,
+    ) -> Result<(), Denied> {
+        self.clock = Some(now);
+        let grant = self.auth.admit(credentials).inspect_err(|_| {
+            self.stats.auth_failures += 1;
+        })?;
+        let expires_in = grant.expires_in;
+        let Some(s) = self.session_mut(conn) else {
+            return Ok(());
+        };
+        s.grant = grant;
+        s.token_due = None;
+        self.schedule_expiry(conn, expires_in, now);
+        Ok(())
+    }
+
+    /// The connection must present credentials by `deadline` (a
+    /// WebSocket under `--auth jwt` where anonymous clients may do
+    /// nothing), or be closed with 4401.
+    pub fn require_token_by(&mut self, conn: ConnId, deadline: Instant) {
+        if let Some(s) = self.session_mut(conn) {
+            if !s.grant.is_authenticated() {
+                s.token_due = Some(deadline);
+                self.timers
+                    .insert((deadline, conn.idx, conn.gen, Due::Token));
+            }
+        }
+    }
+
+    /// Whether the connection's grant lets it subscribe to `topic` (the
+    /// SSE transport asks before its stream begins, to answer with a
+    /// status instead of an error event).
+    pub fn check_subscribe(&self, conn: ConnId, topic: &str) -> Result<(), (ErrorCode, String)> {
+        let Some(s) = self.session(conn) else {
+            return Ok(());
+        };
+        self.auth.subscribe(&s.grant, topic).map_err(|d| match d {
+            Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
+            Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
+        })
+    }
+
+    /// Whether the connection presented valid credentials.
+    pub fn is_authenticated(&self, conn: ConnId) -> bool {
+        self.session(conn)
+            .is_some_and(|s| s.grant.is_authenticated())
+    }
+
+    fn schedule_expiry(&mut self, conn: ConnId, expires_in: Option<Duration>, now: Instant) {
+        let notice = self.limits.token_expiry_notice;
+        let Some(s) = self.session_mut(conn) else {
+            return;
+        };
+        s.expires_at = expires_in.map(|d| now + d);
+        if let Some(at) = s.expires_at {
+            self.timers.insert((at, conn.idx, conn.gen, Due::Expiry));
+            let warn = at.checked_sub(notice).filter(|w| *w > now).unwrap_or(now);
+            self.timers.insert((warn, conn.idx, conn.gen, Due::Notice));
+        }
+    }
+
+    /// `{"op":"connect","token":...}`.
+    pub(super) fn connect_command(&mut self, conn: ConnId, token: Option<String>, id: Option<Id>) {
+        let now = self.now();
+        let Some(s) = self.session(conn) else {
+            return;
+        };
+        if s.grant.is_authenticated() {
+            return self.close_with(conn, CLOSE_BAD_CONNECT, "already connected");
+        }
+        let Some(token) = token else {
+            return self.close_with(conn, CLOSE_BAD_CONNECT, "connect needs a token string");
+        };
+        match self.admit(conn, &Credentials::token(token), now) {
+            Ok(()) => self.send_connected(conn, "connected", id, now),
+            Err(_) => self.close_with(conn, CLOSE_UNAUTHORIZED, "invalid token"),
+        }
+    }
+
+    /// `{"op":"refresh","token":...}`: a new token for the same `sub`.
+    pub(super) fn refresh_command(&mut self, conn: ConnId, token: Option<String>, id: Option<Id>) {
+        let now = self.now();
+        let Some(s) = self.session(conn) else {
+            return;
+        };
+        let Some(subject) = s.grant.subject.clone() else {
+            let msg = "refresh needs a connection that connected with a token";
+            return self.reply(conn, reply::error(ErrorCode::BadRequest, msg, &id));
+        };
+        let Some(token) = token else {
+            let msg = "refresh needs a token string";
+            return self.reply(conn, reply::error(ErrorCode::BadRequest, msg, &id));
+        };
+        match self.auth.admit(&Credentials::token(token)) {
+            Err(_) => {
+                self.stats.auth_failures += 1;
+                self.close_with(conn, CLOSE_UNAUTHORIZED, "invalid token")
+            }
+            Ok(g) if g.subject.as_deref() != Some(&*subject) => {
+                // The old token stays in force until it expires.
+                let msg = "a refresh must be for the same sub";
+                self.reply(conn, reply::error(ErrorCode::Forbidden, msg, &id));
+            }
+            Ok(g) => {
+                let expires_in = g.expires_in;
+                if let Some(s) = self.session_mut(conn) {
+                    s.grant = g;
+                }
+                self.schedule_expiry(conn, expires_in, now);
+                self.send_connected(conn, "refreshed", id, now);
+            }
+        }
+    }
+
+    fn send_connected(&mut self, conn: ConnId, op: &str, id: Option<Id>, now: Instant) {
+        let Some(s) = self.session(conn) else {
+            return;
+        };
+        let left = s
+            .expires_at
+            .map(|at| at.saturating_duration_since(now).as_secs());
+        let frame = reply::connected(op, s.grant.subject.as_deref(), left, &id);
+        self.reply(conn, frame);
+    }
+
+    /// Closes a WebSocket with an access close code (an SSE stream ends).
+    pub(super) fn close_with(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        if let Some(s) = self.session_mut(conn) {
+            if s.slow {
+                return;
+            }
+            // Nothing may follow the close: deliveries skip it from now on.
+            s.slow = true;
+            s.parked.clear();
+            self.out.push_back(Output::Close { conn, code, reason });
+        }
+    }
+
+    /// Runs the session timers that are due.
+    pub(super) fn run_timers(&mut self, now: Instant) {
+        while let Some(&(at, idx, gen, due)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let conn = ConnId { idx, gen };
+            let Some(s) = self.session(conn) else {
+                continue;
+            };
+            // A timer stands only while the session still has that
+            // deadline (a refresh or an admission replaces it).
+            match due {
+                Due::Token if s.token_due == Some(at) && !s.grant.is_authenticated() => {
+                    self.stats.auth_failures += 1;
+                    self.close_with(conn, CLOSE_UNAUTHORIZED, "no token");
+                }
+                Due::Expiry if s.expires_at == Some(at) => {
+                    self.close_with(conn, CLOSE_UNAUTHORIZED, "token expired");
+                }
+                Due::Notice => {
+                    if let Some(exp) = s.expires_at.filter(|e| *e > now) {
+                        if exp.saturating_duration_since(at) <= self.limits.token_expiry_notice {
+                            let left = exp.saturating_duration_since(now).as_secs();
+                            self.reply(conn, reply::expiring(left));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next session timer.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    /// Takes a token from the connection's command bucket. Refused: the
+    /// command gets `rate_limited` (in turn, with its `id`); refused
+    /// `rate_strikes` times in a row, the connection is closed with 4429.
+    pub(super) fn take_command_token(&mut self, conn: ConnId, payload: &bytes::Bytes) -> bool {
+        let (rate, strikes) = (self.limits.command_rate, self.limits.rate_strikes);
+        let now = self.now();
+        let Some(s) = self.session_mut(conn) else {
+            return false;
+        };
+        if s.bucket.take(rate, now) {
+            s.strikes = 0;
+            return true;
+        }
+        s.strikes += 1;
+        let out = s.strikes >= strikes;
+        self.stats.rate_limited += 1;
+        if out {
+            self.close_with(conn, CLOSE_TOO_MANY, "too many commands");
+        } else {
+            let id =
+                crate::wire::command::parse(payload).map_or_else(|e| e.id, |c| c.id().cloned());
+            let msg = format!("too many commands: at most {} per second", rate.per_second);
+            self.reply_in_order(conn, reply::error(ErrorCode::RateLimited, &msg, &id));
+        }
+        false
+    }
+
+    /// Takes a token from `subject`'s publish bucket; `Err` holds the
+    /// seconds until the next one.
+    pub(super) fn take_publish_token(&mut self, subject: Option<&str>) -> Result<(), f64> {
+        let rate = self.limits.publish_rate;
+        let (Some(subject), true) = (subject, rate.is_limited()) else {
+            return Ok(());
+        };
+        let now = self.now();
+        let bucket = match self.publish_buckets.get_mut(subject) {
+            Some(b) => b,
+            None => self.publish_buckets.entry(subject.into()).or_default(),
+        };
+        if bucket.take(rate, now) {
+            return Ok(());
+        }
+        self.stats.rate_limited += 1;
+        Err(bucket.wait(rate))
+    }
+
+    /// Forgets publish buckets that are full again: memory stays bounded
+    /// by the subjects active in the last burst window.
+    pub(super) fn forget_idle_buckets(&mut self, now: Instant) {
+        let rate = self.limits.publish_rate;
+        self.publish_buckets.retain(|_, b| !b.is_full(rate, now));
+    }
+}
+
+/// The close code for a refusal of credentials.
+pub fn close_code(d: &Denied) -> u16 {
+    match d {
+        Denied::Unauthorized(_) => CLOSE_UNAUTHORIZED,
+        Denied::Forbidden(_) => CLOSE_FORBIDDEN,
+    }
+}
