@@ -100,7 +100,7 @@ pub(crate) struct Session {
     /// Its command rate, and the commands refused for it in a row.
     pub bucket: Bucket,
     pub strikes: u32,
-    pub incarnation: u64,
+    pub incarnation: Option<u64>,
 }
 
 impl Session {
@@ -123,7 +123,7 @@ impl Session {
             token_due: None,
             bucket: Bucket::default(),
             strikes: 0,
-            incarnation: 0,
+            incarnation: None,
         }
     }
 

@@ -877,13 +877,21 @@ fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
     let now = Instant::now();
     let (epoch, (gap, frames)) =
         shard.engine(|e| (e.poll_epoch(conn.id), e.take_poll(conn.id, now)));
+    let keep = keep && !shard.is_closing() && !conn.peer_done.get();
+    let Some(epoch) = epoch else {
+        // Ended before the topic's owner answered (it is overloaded, or
+        // the client left): there is no epoch to name, and a guessed one
+        // could make the client drop its place. It polls again.
+        let msg = "the subscription was not made in time; poll again";
+        return json_error(shard, conn, keep, ErrorCode::Overloaded, msg);
+    };
     let body = reply::poll_body(gap, &frames, shard.config.outbox_size);
     // The epoch tells a polling client whether `since` still meant this
-    // instance's stream (see `Shared::epoch`).
+    // topic's stream (see docs/protocol.md, Epoch).
     respond_with(
         shard,
         conn,
-        keep && !shard.is_closing() && !conn.peer_done.get(),
+        keep,
         200,
         "application/json",
         &[(EPOCH_HEADER, &epoch)],

@@ -784,7 +784,7 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return;
         };
-        s.incarnation = incarnation;
+        s.incarnation = Some(incarnation);
         match s.transport {
             Transport::Sse => self.reply(conn, reply::sse_subscribed(topic, &epoch)),
             Transport::Poll => {}
@@ -1208,12 +1208,17 @@ impl<R: Route> Engine<R> {
         // Answered: whether or not its subscription went live, the poll no
         // longer waits (its owner's answer, when it comes, is stale).
         s.waiting = false;
+        s.incarnation = None;
         (s.poll_gap.take(), std::mem::take(&mut s.poll))
     }
 
-    /// The epoch a poll answer names (of the topic it subscribed to).
-    pub fn poll_epoch(&self, conn: ConnId) -> String {
-        self.epoch(self.session(conn).map_or(0, |s| s.incarnation))
+    /// The epoch a poll answer names: the topic's, once its subscription
+    /// went live. `None` when the poll ends before that (the owner's answer
+    /// had not come): the runtime must not guess one, since a wrong epoch
+    /// makes a client drop its place and read the history twice.
+    pub fn poll_epoch(&self, conn: ConnId) -> Option<String> {
+        let incarnation = self.session(conn)?.incarnation?;
+        Some(self.epoch(incarnation))
     }
 
     // ---- inspection (the simulator, property tests, fuzzing) ---------------

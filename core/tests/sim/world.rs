@@ -1322,8 +1322,17 @@ impl World {
         let (shard, conn) = (cl.shard, cl.conn);
         let now = self.now();
         let ready = self.engines[shard].poll_ready(conn);
-        let (gap, frames) = self.engines[shard].take_poll(conn, now);
+        // As the broker does: the epoch first (the answer ends the
+        // subscription). None: the poll ended before it went live, and the
+        // broker answers 503 with nothing in it.
         let epoch = self.engines[shard].poll_epoch(conn);
+        let (gap, frames) = self.engines[shard].take_poll(conn, now);
+        if epoch.is_none() && (gap.is_some() || !frames.is_empty()) {
+            fail(format!(
+                "c{c}: a poll with no live subscription collected messages"
+            ));
+        }
+        let epoch = epoch.unwrap_or_default();
         let cap = self.setup.limits.outbox_size;
         let collected: usize = frames.iter().map(Bytes::len).sum();
         let biggest = frames.iter().map(Bytes::len).max().unwrap_or(0);
