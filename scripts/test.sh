@@ -29,6 +29,9 @@ cargo fmt --all -- --check
 step "minimum Rust version (Cargo.toml's rust-version against Cargo.lock)"
 scripts/check-msrv.sh
 
+step "crate layers (cargo tree)"
+scripts/check-layers.sh
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
