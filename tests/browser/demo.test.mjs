@@ -14,12 +14,20 @@
 // epoch, resynchronise from the new instance's history and say so, instead
 // of mistaking the new stream for a continuation of the old one. The tests
 // check both, separately.
+//
+// Access control as a browser meets it: the page keeps working under
+// `--auth jwt` (anonymous subscribers of `demo.>`), and under
+// `--allowed-origins` a page of another origin can neither publish nor
+// read an answer, while the broker's own page can.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -58,10 +66,13 @@ function freePort() {
   });
 }
 
-/** Starts `ringcast --demo` on 127.0.0.1:port; resolves once it listens. */
-function startBroker(port) {
+/**
+ * Starts `ringcast --demo` on 127.0.0.1:port, with `extra` flags after the
+ * usual ones; resolves once it listens.
+ */
+function startBroker(port, extra = []) {
   const child = spawn(BIN, ['--demo', '--listen', `127.0.0.1:${port}`, '--shards', '2',
-                            '--history-messages', HISTORY, '--log', 'warn'],
+                            '--history-messages', HISTORY, '--log', 'warn', ...extra],
                       { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   let stderr = '';
@@ -330,5 +341,257 @@ test('a broker restart is survived: the page detects the new epoch and resynchro
   for (const p of Object.values(pages)) {
     assert.deepEqual(p.errors, []);
     await p.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Access control (docs/security.md) as a browser meets it.
+
+/** base64url without padding, as JWTs use. */
+const b64url = (b) => Buffer.from(b).toString('base64url');
+
+/** An HS256 JWT over `claims`, signed with `secret`. */
+function hs256(claims, secret) {
+  const head = `${b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64url(JSON.stringify(claims))}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
+
+/** Sum over the shards of one `/metrics` sample (0 when the series is absent). */
+async function metric(port, name, label) {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(label)) sum += Number(line.split(' ').pop());
+  }
+  return sum;
+}
+
+/** What `/poll/{topic}` has retained (from seq 1, answered at once). */
+async function retained(port, topic) {
+  const res = await fetch(`http://127.0.0.1:${port}/poll/${topic}?since=0&timeout_ms=0`);
+  assert.equal(res.status, 200, `poll ${topic}`);
+  return res.json();
+}
+
+/**
+ * One request with exactly these headers (a browser's fetch may not set
+ * Origin; node:http may), on its own connection.
+ */
+function rawRequest(port, method, target, headers, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: target, headers, agent: false,
+                               timeout: 5_000 }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: text }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${target}: no answer in 5 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+test('under --auth jwt the page still goes live over ws, sse and poll (anonymous demo.>)', { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ringcast-jwt-'));
+  // 48 random bytes. The broker strips trailing whitespace from the file
+  // (an editor's newline), so draw again until the last byte is not one:
+  // the token signed below must use the very secret the broker reads.
+  let secret;
+  do secret = randomBytes(48); while (/\s/.test(String.fromCharCode(secret[47])));
+  const secretFile = path.join(dir, 'jwt.secret');
+  writeFileSync(secretFile, secret, { mode: 0o600 });
+  const authPort = await freePort();
+  const authBroker = await startBroker(authPort, ['--auth', 'jwt', '--jwt-secret-file', secretFile,
+                                                  '--anonymous-subscribe', 'demo.>']);
+  try {
+    const base = `http://127.0.0.1:${authPort}`;
+    const publish = (topic, headers = {}) => fetch(`${base}/publish/${topic}`, {
+      method: 'POST', body: '1', headers: { 'Content-Type': 'text/plain', ...headers },
+    });
+    // Access control is really on: no anonymous publish, no anonymous
+    // subscription outside demo.>, no forged token ...
+    const anon = await publish('demo.ticker');
+    assert.equal(anon.status, 401, await anon.text());
+    assert.match(anon.headers.get('www-authenticate') ?? '', /^Bearer /);
+    const outside = await fetch(`${base}/poll/private.x?timeout_ms=0`);
+    assert.ok([401, 403].includes(outside.status), `anonymous poll of private.x: ${outside.status}`);
+    const now = Math.floor(Date.now() / 1000);
+    const claims = { sub: 'browser-test', exp: now + 300, publish: ['jwt.>'] };
+    const forged = await publish('jwt.check', { Authorization: `Bearer ${hs256(claims, randomBytes(48))}` });
+    assert.equal(forged.status, 401, await forged.text());
+    // ... while a token signed with the secret file's bytes is accepted.
+    const signed = await publish('jwt.check', { Authorization: `Bearer ${hs256(claims, secret)}` });
+    const signedBody = await signed.text();
+    assert.equal(signed.status, 200, signedBody);
+    assert.deepEqual(JSON.parse(signedBody), { seq: 1 });
+
+    // The demo page carries no token: it subscribes anonymously, which
+    // --anonymous-subscribe 'demo.>' allows, on every transport.
+    for (const t of ['ws', 'sse', 'poll']) {
+      const { page, errors, close } = await openPage(`${base}/?transport=${t}`);
+      try {
+        await assertLiveAndUpdating(page, t);
+        await page.screenshot({ path: path.join(OUT, `demo-jwt-${t}.png`) });
+        assert.deepEqual(errors, [], `${t}: page errors`);
+      } finally {
+        await close();
+      }
+    }
+  } finally {
+    await stopBroker(authBroker);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * A page of another origin that tries to publish to `broker`: a simple
+ * request (text/plain: no preflight), a preflighted one (application/json),
+ * a no-cors one, and a WebSocket. Its results are `window.results`.
+ */
+function foreignPage(broker) {
+  const wsUrl = broker.replace(/^http:/, 'ws:');
+  return `<!doctype html><meta charset="utf-8"><title>another origin</title>
+<script>
+const target = ${JSON.stringify(`${broker}/publish/x.y`)};
+async function attempt(name, init) {
+  try {
+    const res = await fetch(target, init);
+    let body;
+    try { body = await res.text(); } catch (e) { body = 'unreadable: ' + e; }
+    return { name, outcome: 'resolved', type: res.type, status: res.status, body };
+  } catch (e) {
+    return { name, outcome: 'rejected', error: e.name, message: e.message };
+  }
+}
+function socket() {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(${JSON.stringify(`${wsUrl}/ws`)});
+    const timer = setTimeout(() => resolve({ name: 'ws', outcome: 'no answer in 5 s' }), 5000);
+    ws.onopen = () => { clearTimeout(timer); resolve({ name: 'ws', outcome: 'open' }); ws.close(); };
+    ws.onclose = (e) => { clearTimeout(timer); resolve({ name: 'ws', outcome: 'closed', code: e.code }); };
+  });
+}
+window.results = (async () => [
+  await attempt('simple', { method: 'POST', body: '1', headers: { 'Content-Type': 'text/plain' } }),
+  await attempt('preflighted', { method: 'POST', body: '1', headers: { 'Content-Type': 'application/json' } }),
+  await attempt('no-cors', { method: 'POST', mode: 'no-cors', body: '1', headers: { 'Content-Type': 'text/plain' } }),
+  await socket(),
+])();
+</script>`;
+}
+
+test('--allowed-origins: a page of another origin cannot publish; the broker\'s own page can', { timeout: 90_000 }, async () => {
+  const bport = await freePort();
+  const own = `http://127.0.0.1:${bport}`;
+  const b = await startBroker(bport, ['--allowed-origins', own]);
+  // The other origin: the same loopback host on another port.
+  const html = foreignPage(own);
+  const server = http.createServer((req, res) => {
+    res.writeHead(req.url === '/' ? 200 : 404,
+                  { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+    res.end(req.url === '/' ? html : '');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const other = `http://127.0.0.1:${server.address().port}`;
+  const pages = [];
+  try {
+    const rejectedBefore = await metric(bport, 'ringcast_http_errors_total', 'reason="origin_rejected"');
+
+    // The page of the other origin, with the browser's network log (CDP)
+    // to see what the broker answered even where the page may not.
+    const context = await browser.newContext();
+    pages.push(context);
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const requests = new Map();
+    const entry = (id) => requests.get(id) ?? requests.set(id, {}).get(id);
+    cdp.on('Network.requestWillBeSent', (e) => Object.assign(entry(e.requestId),
+      { url: e.request.url, method: e.request.method, type: e.type }));
+    cdp.on('Network.responseReceived', (e) => Object.assign(entry(e.requestId),
+      { type: e.type, status: e.response.status }));
+    cdp.on('Network.responseReceivedExtraInfo', (e) => Object.assign(entry(e.requestId),
+      { rawStatus: e.statusCode }));
+    cdp.on('Network.loadingFailed', (e) => Object.assign(entry(e.requestId),
+      { failed: e.errorText, cors: e.corsErrorStatus?.corsError }));
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    assert.equal((await page.goto(`${other}/`)).status(), 200);
+    const results = Object.fromEntries((await page.evaluate(() => window.results)).map((r) => [r.name, r]));
+
+    // The page could read nothing: a CORS failure is a bare TypeError, a
+    // no-cors answer is opaque (status 0, empty body), the socket never opens.
+    for (const name of ['simple', 'preflighted']) {
+      assert.equal(results[name].outcome, 'rejected', `${name}: ${JSON.stringify(results[name])}`);
+      assert.equal(results[name].error, 'TypeError', `${name}: ${JSON.stringify(results[name])}`);
+    }
+    assert.deepEqual(results['no-cors'], { name: 'no-cors', outcome: 'resolved', type: 'opaque', status: 0, body: '' });
+    assert.equal(results.ws.outcome, 'closed', JSON.stringify(results.ws));
+    assert.equal(results.ws.code, 1006);
+    assert.deepEqual(errors, []);
+
+    // What the browser saw on the wire: the simple POST was answered 403
+    // without Access-Control-Allow-Origin; the preflight was answered 403,
+    // so the preflighted POST itself was never sent.
+    const toBroker = [...requests.values()].filter((r) => r.url === `${own}/publish/x.y`);
+    const log = JSON.stringify(toBroker);
+    const simple = toBroker.find((r) => r.cors === 'MissingAllowOriginHeader');
+    assert.ok(simple, `the simple POST failed its CORS check: ${log}`);
+    assert.equal(simple.rawStatus, 403, log);
+    const preflight = toBroker.find((r) => r.method === 'OPTIONS');
+    assert.ok(preflight, `a preflight was sent: ${log}`);
+    assert.equal(preflight.rawStatus ?? preflight.status, 403, log);
+    const preflighted = toBroker.find((r) => r.cors === 'PreflightMissingAllowOriginHeader');
+    assert.ok(preflighted, `the JSON POST failed on its preflight: ${log}`);
+    assert.equal(preflighted.rawStatus, undefined, `the JSON POST was not sent: ${log}`);
+
+    // The broker counted the refusals (simple, preflight, no-cors, socket),
+    // and nothing was published.
+    const rejectedAfter = await metric(bport, 'ringcast_http_errors_total', 'reason="origin_rejected"');
+    assert.ok(rejectedAfter - rejectedBefore >= 4,
+              `origin_rejected went from ${rejectedBefore} to ${rejectedAfter}`);
+    assert.deepEqual(await retained(bport, 'x.y'), [], 'nothing published to x.y');
+
+    // The same answers seen from here, headers and all.
+    const post = await rawRequest(bport, 'POST', '/publish/x.y',
+                                  { Origin: other, 'Content-Type': 'text/plain' }, '1');
+    assert.equal(post.status, 403, post.body);
+    assert.equal(post.headers['access-control-allow-origin'], undefined);
+    const pre = await rawRequest(bport, 'OPTIONS', '/publish/x.y',
+                                 { Origin: other, 'Access-Control-Request-Method': 'POST',
+                                   'Access-Control-Request-Headers': 'content-type' });
+    assert.equal(pre.status, 403, pre.body);
+    assert.equal(pre.headers['access-control-allow-origin'], undefined);
+    const okPre = await rawRequest(bport, 'OPTIONS', '/publish/x.y',
+                                   { Origin: own, 'Access-Control-Request-Method': 'POST',
+                                     'Access-Control-Request-Headers': 'content-type' });
+    assert.equal(okPre.status, 204);
+    assert.equal(okPre.headers['access-control-allow-origin'], own);
+    assert.deepEqual(await retained(bport, 'x.y'), [], 'still nothing published to x.y');
+
+    // The broker's own page (its origin is the allowed one): live over
+    // WebSocket, and its publishes go through.
+    const mine = await openPage(`${own}/`);
+    pages.push({ close: mine.close });
+    await waitFor(mine.page, 'own page live over ws', (s) => s.state === 'live' && s.transport === 'ws');
+    const sent = await mine.page.evaluate(async () => {
+      const out = [];
+      for (const [body, type] of [['1', 'text/plain'], ['{"n":2}', 'application/json']]) {
+        const res = await fetch('/publish/x.y', { method: 'POST', body, headers: { 'Content-Type': type } });
+        out.push({ status: res.status, body: await res.text(), acao: res.headers.get('access-control-allow-origin') });
+      }
+      return out;
+    });
+    assert.deepEqual(sent.map((r) => [r.status, r.body]), [[200, '{"seq":1}'], [200, '{"seq":2}']]);
+    // Chromium sends Origin on a same-origin POST; the broker echoes it.
+    assert.equal(sent[0].acao, own);
+    const msgs = await retained(bport, 'x.y');
+    assert.deepEqual(msgs.map((m) => [m.seq, m.data]), [[1, 1], [2, { n: 2 }]], JSON.stringify(msgs));
+    assert.deepEqual(mine.errors, []);
+  } finally {
+    for (const p of pages) await p.close();
+    server.close();
+    await stopBroker(b);
   }
 });
