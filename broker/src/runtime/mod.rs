@@ -21,6 +21,7 @@ pub mod access;
 pub mod client_ip;
 pub mod conn;
 pub mod demo;
+pub mod endpoints;
 pub mod listener;
 pub mod mesh;
 pub mod route;
