@@ -29,7 +29,7 @@ fi
 fuzz_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$fuzz_dir/.."
 
-all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked"
+all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked pattern"
 targets=${FUZZ_TARGETS:-$all_targets}
 
 echo "== replaying fuzz/seeds (cargo test --manifest-path fuzz/Cargo.toml)"
@@ -61,6 +61,7 @@ run_target() {
     local extra=()
     case $t in
     http_head | client_handshake) extra=(-dict=fuzz/dict/http.dict) ;;
+    pattern) extra=(-dict=fuzz/dict/pattern.dict) ;;
     esac
     mkdir -p "fuzz/corpus/$t"
     # -max_total_time bounds the run; -timeout catches hangs (slow units).

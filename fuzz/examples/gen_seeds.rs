@@ -1076,6 +1076,86 @@ fn chunked(o: &mut Out) {
     }
 }
 
+fn pattern(o: &mut Out) {
+    let t = "pattern";
+    let long = |n: usize| "a".repeat(n);
+    let mut cases: Vec<(String, Vec<u8>)> = [
+        // docs/security.md's table, and core/src/pattern.rs's examples.
+        ("ticker-star", "ticker.*\nticker.AAPL"),
+        ("ticker-star-deeper", "ticker.*\nticker.a.b"),
+        ("ticker-star-shorter", "ticker.*\nticker"),
+        ("trains-tail", "trains.>\ntrains.ICE"),
+        ("trains-tail-deeper", "trains.>\ntrains.ICE.seats"),
+        ("trains-tail-shorter", "trains.>\ntrains"),
+        ("star-first", "*.seats\nICE.seats"),
+        ("star-first-deeper", "*.seats\nICE.1.seats"),
+        ("tail-alone", ">\nanything.at.all"),
+        ("demo", "demo.>\ndemo.ticker"),
+        ("exact", "a.b\na.b"),
+        ("exact-prefix", "a.b\na.bc"),
+        ("exact-shorter", "a.b\na"),
+        ("exact-longer", "a\na.b"),
+        ("alphabet", "A-Z_0:9.*\nA-Z_0:9.x"),
+        ("stars", "*.*.*\na.b.c"),
+        ("star-then-tail", "*.>\na.b.c"),
+        // Lists, as --anonymous-subscribe and a claim give them.
+        ("list", "x.*,a,demo.>\nx.y"),
+        ("list-bad-second", "a.*,b..c\na.b"),
+        ("list-empty-items", ",\na"),
+        ("list-trailing-comma", "a,\na"),
+        // Refused patterns.
+        ("empty", "\na"),
+        ("empty-segment", "a..b\na.b"),
+        ("leading-dot", ".a\na"),
+        ("trailing-dot", "a.\na"),
+        ("star-in-segment", "a*\na"),
+        ("tail-not-last", "a.>.b\na.x.b"),
+        ("tail-first", ">.a\nx.a"),
+        ("tail-in-segment", "a>\na"),
+        ("star-tail", "*>\nx"),
+        ("double-star", "**\nx"),
+        ("double-tail", ">>\nx"),
+        ("space", "a b\na b"),
+        ("slash", "a/b\na"),
+        ("unicode", "\u{e4}.*\n\u{e4}.b"),
+        // Topics that are not topics.
+        ("topic-trailing-dot", "a.*\na."),
+        ("topic-empty-segment", "a.>\na..b"),
+        ("topic-star", "*\n*"),
+        ("topic-tail", ">\n>"),
+        ("topic-wildcards", "a.*\na.*"),
+        ("topic-empty", "a\n"),
+        ("no-topic", "a.b"),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s.as_bytes().to_vec()))
+    .collect();
+    // At the length limit and just past it.
+    let p255 = format!("{}.*", long(253));
+    let p256 = format!("{}.*", long(254));
+    cases.push((
+        "len-255".into(),
+        format!("{p255}\n{}.b", long(253)).into_bytes(),
+    ));
+    cases.push((
+        "len-256".into(),
+        format!("{p256}\n{}.b", long(254)).into_bytes(),
+    ));
+    cases.push((
+        "len-255-exact".into(),
+        format!("{0}\n{0}", long(255)).into_bytes(),
+    ));
+    let stars = format!("{}*", "*.".repeat(127));
+    cases.push((
+        "many-segments".into(),
+        format!("{stars}\n{}x", "x.".repeat(127)).into_bytes(),
+    ));
+    cases.push(("not-utf8".into(), b"a.\xff\na.b".to_vec()));
+    for (name, data) in cases {
+        o.put(t, &name, data);
+    }
+}
+
 fn main() {
     let root: &'static Path = Box::leak(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1093,5 +1173,6 @@ fn main() {
     mask(&mut o);
     engine(&mut o);
     chunked(&mut o);
+    pattern(&mut o);
     println!("wrote {} seeds under {}", o.count, root.display());
 }

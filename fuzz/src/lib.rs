@@ -32,6 +32,8 @@ use ringcast_proto::{HttpError, ProtocolError};
 
 pub mod engine;
 pub use engine::engine;
+pub mod pattern;
+pub use pattern::pattern;
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -48,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mask", mask),
     ("engine", engine),
     ("chunked", chunked),
+    ("pattern", pattern),
 ];
 
 /// Lower-case hex, for reporting inputs.
