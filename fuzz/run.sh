@@ -29,7 +29,7 @@ fi
 fuzz_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$fuzz_dir/.."
 
-all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked pattern"
+all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked pattern token"
 targets=${FUZZ_TARGETS:-$all_targets}
 
 echo "== replaying fuzz/seeds (cargo test --manifest-path fuzz/Cargo.toml)"
@@ -62,6 +62,7 @@ run_target() {
     case $t in
     http_head | client_handshake) extra=(-dict=fuzz/dict/http.dict) ;;
     pattern) extra=(-dict=fuzz/dict/pattern.dict) ;;
+    token) extra=(-dict=fuzz/dict/token.dict) ;;
     esac
     mkdir -p "fuzz/corpus/$t"
     # -max_total_time bounds the run; -timeout catches hangs (slow units).

@@ -34,6 +34,8 @@ pub mod engine;
 pub use engine::engine;
 pub mod pattern;
 pub use pattern::pattern;
+pub mod token;
+pub use token::token;
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -51,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("engine", engine),
     ("chunked", chunked),
     ("pattern", pattern),
+    ("token", token),
 ];
 
 /// Lower-case hex, for reporting inputs.
