@@ -6,13 +6,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringcast_proto::frame::{encode_frame, FrameHeader, OpCode};
 use ringcast_proto::handshake::ClientHandshake;
+use ringcast_proto::HttpError;
 
 /// Every blocking read in the harness gives up after this long.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +81,10 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// Everything the broker printed on stdout up to "listening on".
     pub banner: String,
+    /// What it printed on stderr so far (read by a thread, so that a
+    /// chatty broker never blocks on a full pipe).
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -103,6 +108,18 @@ impl Broker {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().expect("piped");
+        let mut stderr_pipe = child.stderr.take().expect("piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut banner = String::new();
@@ -115,22 +132,25 @@ impl Broker {
             }
             let _ = tx.send(Err(banner));
         });
+        let mut broker = Broker {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            banner: String::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        };
         match rx.recv_timeout(IO_TIMEOUT) {
-            Ok(Ok((addr, banner))) => Ok(Broker {
-                child,
-                addr: addr
+            Ok(Ok((addr, banner))) => {
+                broker.addr = addr
                     .parse()
-                    .map_err(|e| format!("bad address {addr}: {e}"))?,
-                banner,
-            }),
+                    .map_err(|e| format!("bad address {addr}: {e}"))?;
+                broker.banner = banner;
+                Ok(broker)
+            }
             other => {
-                let _ = child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                let _ = child.wait();
-                Err(format!("{other:?}; stderr: {err}"))
+                let _ = broker.child.kill();
+                let _ = broker.child.wait();
+                Err(format!("{other:?}; stderr: {}", broker.stderr()))
             }
         }
     }
@@ -163,13 +183,20 @@ impl Broker {
         None
     }
 
-    /// Collected stderr (only after the process exited).
+    /// Everything the broker printed on stderr (complete only after the
+    /// process exited: then this waits for the last of it).
     pub fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if let Some(reader) = self.stderr_reader.take() {
+                let _ = reader.join();
+            }
         }
-        s
+        self.stderr_so_far()
+    }
+
+    /// What the broker printed on stderr until now (its log), while it runs.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 }
 
@@ -200,6 +227,24 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a response head (to its blank line) from `s`, byte by byte, so
+/// that nothing after it is consumed; returned as it came (bytes that are
+/// not HTTP show). Fails if the stream ends or the read times out first.
+pub fn read_head_bytes(s: &mut impl Read) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!(
+                "no complete response head ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    head
+}
+
 /// A raw WebSocket client: the handshake done, frames in and out by hand.
 pub struct RawWs {
     pub stream: TcpStream,
@@ -214,21 +259,69 @@ impl RawWs {
 
     /// Opens a WebSocket to `path` over an already connected `stream`
     /// (e.g. one from [`tcp_with_rcvbuf`]).
-    pub fn handshake(mut stream: TcpStream, path: &str) -> RawWs {
+    pub fn handshake(stream: TcpStream, path: &str) -> RawWs {
+        Self::try_handshake(stream, path, "").unwrap_or_else(|r| {
+            panic!(
+                "upgrade refused: {} {:?} {}",
+                r.status,
+                r.headers,
+                r.body_text()
+            )
+        })
+    }
+
+    /// Opens a WebSocket to `path` with `extra` header lines (each ending
+    /// in `\r\n`: an `Origin`, a forwarding header) in the upgrade request.
+    /// `Err`: the server answered the upgrade with this HTTP response.
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        path: &str,
+        extra: &str,
+    ) -> Result<RawWs, HttpResponse> {
+        Self::try_handshake(tcp(addr), path, extra)
+    }
+
+    fn try_handshake(
+        mut stream: TcpStream,
+        path: &str,
+        extra: &str,
+    ) -> Result<RawWs, HttpResponse> {
         let addr = stream.peer_addr().expect("connected stream");
         let (hs, request) = ClientHandshake::new(&addr.to_string(), path, &[]);
+        // The request ends with its blank line: the extra headers go before.
+        let mut request = request[..request.len() - 2].to_vec();
+        request.extend_from_slice(extra.as_bytes());
+        request.extend_from_slice(b"\r\n");
         stream.write_all(&request).unwrap();
         let mut buf = BytesMut::new();
         loop {
-            if let Some((n, _)) = hs.parse_response(&buf, 8192).expect("upgrade accepted") {
-                let _ = buf.split_to(n);
-                return RawWs { stream, buf };
+            match hs.parse_response(&buf, 8192) {
+                Ok(Some((n, _))) => {
+                    let _ = buf.split_to(n);
+                    return Ok(RawWs { stream, buf });
+                }
+                Ok(None) => {}
+                Err(HttpError::UpgradeRefused(_)) => {
+                    let mut http = HttpConn {
+                        stream,
+                        buf: buf.to_vec(),
+                    };
+                    return Err(http.read_response().expect("a refusal"));
+                }
+                Err(e) => panic!("bad upgrade response ({e}): {buf:?}"),
             }
             let mut chunk = [0u8; 4096];
             let n = stream.read(&mut chunk).expect("read handshake response");
-            assert!(n > 0, "server closed during the handshake");
+            assert!(n > 0, "server closed during the handshake: {buf:?}");
             buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// Sends a JSON command and returns the next text message (its reply,
+    /// when nothing else is on the way).
+    pub fn command(&mut self, command: &serde_json::Value) -> serde_json::Value {
+        self.send_text(&command.to_string());
+        self.next_json()
     }
 
     /// Writes raw bytes (possibly a deliberately broken frame).
@@ -491,6 +584,33 @@ impl HttpConn {
         self.read_response().expect("a response")
     }
 
+    /// `method path` with `extra` header lines (each ending in `\r\n`)
+    /// and, for a `POST`, `body`; returns the response. `None`: the
+    /// server closed the connection without answering.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra: &str,
+        body: &[u8],
+    ) -> Option<HttpResponse> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}");
+        if method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
+        self.send_raw(&req);
+        self.read_response()
+    }
+
+    /// [`HttpConn::try_request`] that must be answered.
+    pub fn request(&mut self, method: &str, path: &str, extra: &str, body: &[u8]) -> HttpResponse {
+        self.try_request(method, path, extra, body)
+            .unwrap_or_else(|| panic!("connection closed before the response to {method} {path}"))
+    }
+
     /// Sends `POST path` with `Content-Length` without reading the
     /// response (to have many requests in flight at once).
     pub fn send_post(&mut self, path: &str, body: &[u8]) {
@@ -610,4 +730,147 @@ pub fn wait_until(what: &str, f: impl Fn() -> bool) {
         assert!(std::time::Instant::now() < end, "never: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A Server-Sent Events response read as it streams.
+pub struct SseStream {
+    pub stream: TcpStream,
+    /// Everything received: the response head, then the events (bytes that
+    /// are not UTF-8 as U+FFFD; see `raw`).
+    pub text: String,
+    /// The same, byte for byte.
+    pub raw: Vec<u8>,
+}
+
+impl SseStream {
+    /// Sends `GET path` with `extra` header lines (each ending in `\r\n`).
+    pub fn open(addr: SocketAddr, path: &str, extra: &str) -> SseStream {
+        let mut stream = tcp(addr);
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        SseStream {
+            stream,
+            text: String::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// Reads until `done` holds for what arrived (failing if the stream
+    /// ends first).
+    pub fn read_until(&mut self, mut done: impl FnMut(&str) -> bool) {
+        while !done(&self.text) {
+            assert!(self.read_some(), "stream ended: {:?}", self.text);
+        }
+    }
+
+    /// Reads until the server ends the stream.
+    pub fn read_to_end(&mut self) {
+        while self.read_some() {}
+    }
+
+    /// One read; false at the end of the stream.
+    fn read_some(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.raw.extend_from_slice(&chunk[..n]);
+                self.text = String::from_utf8_lossy(&self.raw).into_owned();
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("SSE read failed: {e}; so far {:?}", self.text),
+        }
+    }
+
+    /// The response head (status line and headers).
+    pub fn head(&self) -> &str {
+        self.text.split_once("\r\n\r\n").map_or("", |(h, _)| h)
+    }
+
+    /// The events after the head: (event name, id, data JSON).
+    pub fn events(&self) -> Vec<(String, Option<u64>, serde_json::Value)> {
+        let body = self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.split("\n\n")
+            .filter(|e| e.contains("data: "))
+            .map(|e| {
+                let mut name = "message".to_string();
+                let (mut id, mut data) = (None, serde_json::Value::Null);
+                for line in e.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = serde_json::from_str(v).unwrap();
+                    }
+                }
+                (name, id, data)
+            })
+            .collect()
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `limit`. On timeout the error
+/// holds whatever it printed so far.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    // Drain both pipes on threads so a chatty child never blocks on them.
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "{cmd:?} did not finish within {limit:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )),
+    }
+}
+
+/// Writes `contents` to a file of its own in the temporary directory
+/// (named after this process and `name`) and returns its path.
+pub fn temp_file(name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ringcast-e2e-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
 }

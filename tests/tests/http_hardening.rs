@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ringcast_e2e::{http_exchange, tcp, Broker, HttpConn, RawWs};
+use ringcast_e2e::{http_exchange, read_head_bytes, tcp, Broker, HttpConn, RawWs};
 use ringcast_proto::chunked;
 use ringcast_proto::frame::OpCode;
 use serde_json::{json, Value};
@@ -348,13 +348,7 @@ fn curl_large_upload_with_expect() {
 
 /// Reads a response head (to the blank line) from `s`, byte by byte.
 fn read_head(s: &mut impl Read) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "closed inside a head: {head:?}");
-        head.push(b[0]);
-    }
-    String::from_utf8(head).unwrap()
+    String::from_utf8(read_head_bytes(s)).unwrap()
 }
 
 fn content_length(head: &str) -> usize {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringcast_e2e::{metric_sum, tcp, wait_until, Broker, HttpConn};
+use ringcast_e2e::{metric_sum, tcp, wait_until, Broker, HttpConn, SseStream};
 use serde_json::Value;
 
 fn publish(addr: SocketAddr, topic: &str, data: &str) -> u64 {
@@ -307,63 +307,6 @@ fn long_polling_clients_see_every_message_once() {
     }
     for p in pollers {
         assert_eq!(p.join().unwrap(), (1..=N).collect::<Vec<_>>());
-    }
-}
-
-/// Reads an SSE stream until `n` events (or comments, if asked) arrived.
-struct SseStream {
-    stream: std::net::TcpStream,
-    text: String,
-}
-
-impl SseStream {
-    fn open(addr: SocketAddr, path: &str, extra: &str) -> SseStream {
-        use std::io::Write;
-        let mut stream = tcp(addr);
-        stream
-            .write_all(
-                format!(
-                    "GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-        SseStream {
-            stream,
-            text: String::new(),
-        }
-    }
-
-    fn read_until(&mut self, mut done: impl FnMut(&str) -> bool) {
-        let mut chunk = [0u8; 8192];
-        while !done(&self.text) {
-            let n = self.stream.read(&mut chunk).expect("SSE read");
-            assert!(n > 0, "stream ended: {:?}", self.text);
-            self.text
-                .push_str(std::str::from_utf8(&chunk[..n]).unwrap());
-        }
-    }
-
-    /// The events after the head: (event name, id, data JSON).
-    fn events(&self) -> Vec<(String, Option<u64>, Value)> {
-        let body = self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        body.split("\n\n")
-            .filter(|e| e.contains("data: "))
-            .map(|e| {
-                let mut name = "message".to_string();
-                let (mut id, mut data) = (None, Value::Null);
-                for line in e.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        name = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        id = v.parse().ok();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = serde_json::from_str(v).unwrap();
-                    }
-                }
-                (name, id, data)
-            })
-            .collect()
     }
 }
 

@@ -6,12 +6,11 @@
 //! (`python3 -m pip install -r tests/interop/requirements.txt`). A missing
 //! module fails the test rather than skipping it: CI installs it.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use ringcast_e2e::Broker;
+use ringcast_e2e::{run_bounded, Broker};
 
 /// Bound on the whole Python run (it normally takes about a second).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -22,56 +21,6 @@ const INSTALL_HINT: &str = "python3 -m pip install -r tests/interop/requirements
 
 fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// Runs `cmd` to completion, killing it after `limit`. On timeout the error
-/// holds whatever it printed so far.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
-    // Drain both pipes on threads so a chatty child never blocks on them.
-    let mut out_pipe = child.stdout.take().expect("piped");
-    let mut err_pipe = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    match status {
-        Some(status) => Ok(Output {
-            status,
-            stdout,
-            stderr,
-        }),
-        None => Err(format!(
-            "{cmd:?} did not finish within {limit:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        )),
-    }
 }
 
 /// Fails (never skips) unless `python3` can import the websockets asyncio

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringcast_e2e::{tcp, Broker, RawWs};
+use ringcast_e2e::{read_head_bytes, tcp, Broker, RawWs};
 use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// How long a test waits for a response or an EOF that must come.
@@ -98,18 +98,7 @@ fn upgrade_head(addr: SocketAddr, request: &str) -> (String, TcpStream) {
     let mut s = tcp(addr);
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(request.as_bytes()).unwrap();
-    let mut got = Vec::new();
-    let mut b = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => got.push(b[0]),
-            other => panic!(
-                "no complete response head ({other:?}): {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    (String::from_utf8(got).unwrap(), s)
+    (String::from_utf8(read_head_bytes(&mut s)).unwrap(), s)
 }
 
 /// Asserts a 101 with the right accept key and that the WebSocket works.
