@@ -34,6 +34,12 @@ fn main() -> ExitCode {
         eprintln!("ringcast: invalid configuration: {e}");
         return ExitCode::from(2);
     }
+    // Key files are read now, so that a bad one is a configuration error
+    // (exit 2) before anything starts, not a start-up failure.
+    if let Err(e) = config.policy() {
+        eprintln!("ringcast: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
         eprintln!(
             "ringcast: invalid --log filter {:?} ({e}); using info",

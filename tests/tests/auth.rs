@@ -1575,7 +1575,6 @@ fn access_denied_metrics_count_refusals() {
 /// request for a topic the token does not allow as reason="denied", like
 /// the same refusals elsewhere.
 #[test]
-#[ignore = "broker bug: POST /publish credential refusals and SSE topic refusals are not counted in ringcast_access_denied_total"]
 fn access_denied_metrics_count_http_edge_refusals() {
     let broker = metrics_broker("metrics-edge");
     let addr = broker.addr;
@@ -1609,7 +1608,6 @@ fn access_denied_metrics_count_http_edge_refusals() {
 /// request on it, which may come from someone else (a reverse proxy
 /// reuses its upstream connections across clients).
 #[test]
-#[ignore = "broker bug: a token on one HTTP request admits the later requests of the same kept-alive connection"]
 fn a_token_on_one_http_request_does_not_admit_the_next() {
     let broker = jwt_broker(&["--shards", "1"]);
     let addr = broker.addr;
@@ -1637,7 +1635,6 @@ fn a_token_on_one_http_request_does_not_admit_the_next() {
 /// the kept-alive connection answers its next request, with a fresh token,
 /// normally.
 #[test]
-#[ignore = "broker bug: at a token's expiry notice the WebSocket frame {\"op\":\"expiring\"} is written into SSE streams and HTTP connections, which then answer every request 503 overloaded"]
 fn expiry_writes_nothing_foreign_into_http_connections() {
     let broker = short_lived_broker("1");
     let addr = broker.addr;

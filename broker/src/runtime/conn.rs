@@ -585,10 +585,14 @@ fn upgrade(shard: &Shard, conn: &Conn, req: &Request, endpoint: Endpoint) -> Nex
 /// one; a refusal is answered 401 (the `Err`). Without one the connection
 /// keeps the anonymous grant it was opened with.
 pub(super) fn admit(shard: &Shard, conn: &Conn, req: &Request, keep: bool) -> Result<(), Next> {
+    let now = Instant::now();
     let Some(token) = access::bearer(req) else {
+        // Credentials are per request: a token an earlier request on this
+        // kept-alive connection carried (a proxy reuses connections for
+        // many clients) admits nothing now.
+        shard.engine(|e| e.reset_grant(conn.id));
         return Ok(());
     };
-    let now = Instant::now();
     let creds = ringcast_core::auth::Credentials::token(token);
     shard
         .engine(|e| e.admit(conn.id, &creds, now))

@@ -131,7 +131,7 @@ pub(super) async fn publish(
         Ok(g) => g,
         Err(d) => {
             if !matches!(d, Denied::Forbidden(_)) {
-                shard.metrics().auth_failures.inc();
+                shard.engine(|e| e.count_auth_failure());
             }
             let (code, msg) = match d {
                 Denied::Forbidden(m) => (ErrorCode::Forbidden, m),

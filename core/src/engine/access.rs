@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::{Engine, Output};
 use crate::auth::{Credentials, Denied};
 use crate::route::Route;
-use crate::session::ConnId;
+use crate::session::{ConnId, Transport};
 use crate::wire::command::{ErrorCode, Id};
 use crate::wire::reply;
 
@@ -75,14 +75,40 @@ impl<R: Route> Engine<R> {
     /// Whether the connection's grant lets it subscribe to `topic` (the
     /// SSE transport asks before its stream begins, to answer with a
     /// status instead of an error event).
-    pub fn check_subscribe(&self, conn: ConnId, topic: &str) -> Result<(), (ErrorCode, String)> {
+    pub fn check_subscribe(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+    ) -> Result<(), (ErrorCode, String)> {
         let Some(s) = self.session(conn) else {
             return Ok(());
         };
-        self.auth.subscribe(&s.grant, topic).map_err(|d| match d {
+        let result = self.auth.subscribe(&s.grant, topic).map_err(|d| match d {
             Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
             Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
-        })
+        });
+        if result.is_err() {
+            self.stats.denied += 1;
+        }
+        result
+    }
+
+    /// Back to the anonymous grant, with no token deadline or expiry: an
+    /// HTTP request without credentials on a connection whose earlier
+    /// request had some.
+    pub fn reset_grant(&mut self, conn: ConnId) {
+        let grant = self.auth.anonymous();
+        if let Some(s) = self.session_mut(conn) {
+            s.grant = grant;
+            s.expires_at = None;
+            s.token_due = None;
+        }
+    }
+
+    /// Credentials refused at the edge (an HTTP publish's key or token),
+    /// counted with the engine's own refusals.
+    pub fn count_auth_failure(&mut self) {
+        self.stats.auth_failures += 1;
     }
 
     /// Whether the connection presented valid credentials.
@@ -199,10 +225,18 @@ impl<R: Route> Engine<R> {
                     self.stats.auth_failures += 1;
                     self.close_with(conn, CLOSE_UNAUTHORIZED, "no token");
                 }
-                Due::Expiry if s.expires_at == Some(at) => {
-                    self.close_with(conn, CLOSE_UNAUTHORIZED, "token expired");
-                }
-                Due::Notice => {
+                Due::Expiry if s.expires_at == Some(at) => match s.transport {
+                    // A live stream ends with its token.
+                    Transport::WebSocket | Transport::Sse => {
+                        self.close_with(conn, CLOSE_UNAUTHORIZED, "token expired")
+                    }
+                    // Plain HTTP between requests, or a poll: nothing is
+                    // streaming; the next request needs credentials of its
+                    // own anyway.
+                    Transport::Plain | Transport::Poll => self.reset_grant(conn),
+                },
+                // Only a WebSocket can be told (and can refresh).
+                Due::Notice if s.transport == Transport::WebSocket => {
                     if let Some(exp) = s.expires_at.filter(|e| *e > now) {
                         if exp.saturating_duration_since(at) <= self.limits.token_expiry_notice {
                             let left = exp.saturating_duration_since(now).as_secs();
