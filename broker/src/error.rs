@@ -9,10 +9,8 @@ pub use ringcast_proto::{HttpError, ProtocolError};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The HTTP request (or, in client role, response) was unacceptable.
-    Http(HttpError),
-    /// The peer broke RFC 6455; the connection must be failed.
-    Protocol(ProtocolError),
+    /// The peer broke HTTP or RFC 6455 (the protocol layer's error).
+    Protocol(ringcast_proto::Error),
     /// The configuration is invalid; nothing was started.
     Config(String),
     /// An operating-system error (bind, spawn, ...).
@@ -22,8 +20,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Http(e) => write!(f, "http: {e}"),
-            Error::Protocol(e) => write!(f, "websocket protocol: {e}"),
+            Error::Protocol(e) => e.fmt(f),
             Error::Config(e) => write!(f, "configuration: {e}"),
             Error::Io(e) => write!(f, "io: {e}"),
         }
@@ -33,7 +30,6 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Http(e) => Some(e),
             Error::Protocol(e) => Some(e),
             Error::Config(_) => None,
             Error::Io(e) => Some(e),
@@ -41,15 +37,21 @@ impl std::error::Error for Error {
     }
 }
 
+impl From<ringcast_proto::Error> for Error {
+    fn from(e: ringcast_proto::Error) -> Self {
+        Error::Protocol(e)
+    }
+}
+
 impl From<HttpError> for Error {
     fn from(e: HttpError) -> Self {
-        Error::Http(e)
+        Error::Protocol(e.into())
     }
 }
 
 impl From<ProtocolError> for Error {
     fn from(e: ProtocolError) -> Self {
-        Error::Protocol(e)
+        Error::Protocol(e.into())
     }
 }
 

@@ -396,6 +396,11 @@ pub(super) fn respond_with(
     }
     let resp = head_only(conn, response(status, &headers, body));
     shard.outbox(conn, |o| o.push_response(resp));
+    after_queued(shard, conn, keep)
+}
+
+/// What follows a queued response: the next request, or the close.
+fn after_queued(shard: &Shard, conn: &Conn, keep: bool) -> Next {
     if keep {
         Next::KeepAlive
     } else {
@@ -619,12 +624,7 @@ fn preflight(shard: &Shard, conn: &Conn, req: &Request, keep: bool) -> Next {
     h.push(("Connection", connection));
     let resp = response(204, &h, b"");
     shard.outbox(conn, |o| o.push_response(resp));
-    if keep {
-        Next::KeepAlive
-    } else {
-        conn.finish(shard, Instant::now() + shard.config.close_timeout);
-        Next::Close
-    }
+    after_queued(shard, conn, keep)
 }
 
 /// A refused publish, poll or SSE request: `400` (or `503` for a limit)

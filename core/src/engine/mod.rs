@@ -256,9 +256,7 @@ impl<R: Route> Engine<R> {
     }
 
     fn session(&self, conn: ConnId) -> Option<&Session> {
-        self.sessions
-            .get(conn.idx as usize)
-            .filter(|s| s.gen == conn.gen)
+        session_in(&self.sessions, conn)
     }
 
     fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
@@ -489,11 +487,9 @@ impl<R: Route> Engine<R> {
     // ---- publishing ---------------------------------------------------------
 
     fn publish_ws(&mut self, conn: ConnId, topic: String, data: Bytes, id: Option<Id>) {
-        let Some(s) = self
-            .sessions
-            .get(conn.idx as usize)
-            .filter(|s| s.gen == conn.gen)
-        else {
+        // Through the field, not `self.session`: `auth` and `stats` are
+        // used beside it.
+        let Some(s) = session_in(&self.sessions, conn) else {
             return;
         };
         if let Err(d) = self.auth.publish(&s.grant, &topic) {
@@ -763,6 +759,13 @@ impl<R: Route> Engine<R> {
         Some(self.epoch(incarnation))
     }
 }
+/// A connection's session in `sessions`, if it is still that connection.
+fn session_in(sessions: &Slab<Session>, conn: ConnId) -> Option<&Session> {
+    sessions
+        .get(conn.idx as usize)
+        .filter(|s| s.gen == conn.gen)
+}
+
 fn denial(d: Denied, _what: &str, _topic: &str) -> (ErrorCode, String) {
     match d {
         Denied::Unauthorized(why) => (ErrorCode::Unauthorized, why),

@@ -48,11 +48,7 @@ impl<R: Route> Engine<R> {
         id: Option<Id>,
     ) {
         let max = self.limits.max_subscriptions;
-        let Some(s) = self
-            .sessions
-            .get(conn.idx as usize)
-            .filter(|s| s.gen == conn.gen)
-        else {
+        let Some(s) = session_in(&self.sessions, conn) else {
             return;
         };
         let refusal = if s.sub(&topic).is_some() {
