@@ -23,17 +23,18 @@
 //! clock is [`NOW`] (the year 2096: past the system clock, so an `exp`
 //! near it passes `jsonwebtoken`'s own check and reaches the broker's).
 //!
-//! Checks: never a panic; a refusal is `Unauthorized` with a short
-//! "invalid token: ..." reason that does not show the secret; an accepted
-//! token, re-read here independently of the verifier, has three parts, an
-//! `HS256` header and an HMAC-SHA256 signature by the right secret, a
-//! non-empty string `sub` (the grant's subject), an integer `exp` with
+//! Checks: never a panic; a refusal is `Unauthorized` with an
+//! "invalid token: ..." reason, one line, that does not show the secret;
+//! an accepted token, re-read here independently of the verifier, has
+//! three parts, an `HS256` header and an HMAC-SHA256 signature by the
+//! right secret, a non-empty string `sub` (the grant's subject, carried as
+//! JSON by the `connected` reply), an integer `exp` with
 //! `exp + leeway > now` (the grant's `expires_in` is the difference), no
-//! `iat` from the future, `nbf` not in the future, the configured `iss` and
-//! `aud`, and `subscribe` / `publish` lists of strings that are valid
+//! `iat` from the future, `nbf` not in the future, the configured `iss`
+//! and `aud`, and `subscribe` / `publish` lists of strings that are valid
 //! patterns by the grammar (`crate::pattern`), exactly the grant's.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -52,7 +53,7 @@ mod jwt;
 
 use jwt::{JwtVerifier, KeySource};
 
-use crate::{strict, Reader};
+use crate::Reader;
 
 /// The verifier's HS256 secret (48 bytes, as the browser test's).
 pub const SECRET: &[u8] = b"ringcast fuzz secret: 48 bytes, never in errors!";
@@ -98,28 +99,8 @@ fn decode_input(data: &[u8]) -> (String, u64, Option<&'static str>, Option<&'sta
     (token, leeway, issuer, audience)
 }
 
-/// The `exp` claim as the verifier reads it, if it reads one.
-fn claimed_exp(token: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Exp {
-        exp: Option<u64>,
-    }
-    let mut parts = token.rsplitn(3, '.');
-    let (_sig, payload, _header) = (parts.next()?, parts.next()?, parts.next()?);
-    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Exp>(&json).ok()?.exp
-}
-
 pub fn token(data: &[u8]) {
-    let (token, mut leeway, issuer, audience) = decode_input(data);
-    // KNOWN ISSUE: `verify` computes `exp + leeway` unchecked, which
-    // overflows for an `exp` within `leeway` of u64::MAX: a panic where
-    // overflow checks are on (debug builds, this fuzzer), and in a release
-    // broker such a token is refused as "expired". Unless strict, such a
-    // token is verified with no leeway (no sum to overflow).
-    if !strict() && claimed_exp(&token).is_some_and(|e| e.checked_add(leeway).is_none()) {
-        leeway = 0;
-    }
+    let (token, leeway, issuer, audience) = decode_input(data);
     let verifier = JwtVerifier::new(
         KeySource::Secret(SECRET.to_vec()),
         issuer,
@@ -131,7 +112,10 @@ pub fn token(data: &[u8]) {
         Ok(grant) => accepted(&token, &grant, leeway, issuer, audience),
         Err(Denied::Unauthorized(why)) => {
             assert!(why.starts_with("invalid token"), "reason {why:?}");
-            assert!(why.len() < 200, "reason of {} bytes", why.len());
+            // The reason may quote a bad pattern of a signed token, at any
+            // length, but escaped: one line, no control characters (it is
+            // logged, and sent in a reply).
+            assert!(!why.chars().any(char::is_control), "reason {why:?}");
             let secret = String::from_utf8_lossy(SECRET);
             assert!(!why.contains(&*secret), "the reason shows the secret");
         }
@@ -230,16 +214,8 @@ fn accepted(token: &str, grant: &Grant, leeway: u64, issuer: Option<&str>, audie
     for p in subscribe.iter().chain(&publish) {
         assert!(crate::pattern::reference_valid(p), "granted pattern {p:?}");
     }
-    // KNOWN ISSUE: an `exp` past what an `Instant` can reach (about 9.2e18)
-    // makes the engine's `now + expires_in` (core/src/engine/access.rs,
-    // schedule_expiry) panic, in release builds too. Checked when strict.
-    if strict() {
-        assert!(
-            Instant::now().checked_add(expires_in).is_some(),
-            "expires_in {expires_in:?} overflows an Instant: {}",
-            shown()
-        );
-    }
+    // An `exp` past what an `Instant` can reach gives an `expires_in` the
+    // engine treats as no expiry (core/src/engine/access.rs), not a panic.
 
     // The claims, read here.
     let json = b64_json(parts[1], "claims");
@@ -268,9 +244,10 @@ fn accepted(token: &str, grant: &Grant, leeway: u64, issuer: Option<&str>, audie
         left > u128::from(NOW),
         "exp {exp} + {leeway} is not after {NOW}"
     );
+    // The verifier saturates at u64::MAX seconds (no overflow).
     assert_eq!(
         u128::from(expires_in.as_secs()),
-        left - u128::from(NOW),
+        left.min(u128::from(u64::MAX)) - u128::from(NOW),
         "expires_in"
     );
     assert_eq!(expires_in.subsec_nanos(), 0);

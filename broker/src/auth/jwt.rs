@@ -133,7 +133,7 @@ impl JwtVerifier {
             .ok_or_else(|| bad("invalid token: missing exp claim".into()))?;
         // `decode` checked exp against the system clock; `now` is the
         // clock this broker reasons with (the same one, except in tests).
-        if exp + self.leeway <= now {
+        if exp.saturating_add(self.leeway) <= now {
             return Err(bad("invalid token: expired".into()));
         }
         if c.iat.is_some_and(|iat| iat > now + self.leeway) {
@@ -153,7 +153,9 @@ impl JwtVerifier {
             Some(Arc::from(sub)),
             patterns(c.subscribe, "subscribe")?,
             patterns(c.publish, "publish")?,
-            Some(Duration::from_secs((exp + self.leeway).saturating_sub(now))),
+            Some(Duration::from_secs(
+                exp.saturating_add(self.leeway).saturating_sub(now),
+            )),
         ))
     }
 }

@@ -122,7 +122,9 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return;
         };
-        s.expires_at = expires_in.map(|d| now + d);
+        // An expiry no clock can reach (a token with `exp` in the year
+        // 500 billion) is no expiry.
+        s.expires_at = expires_in.and_then(|d| now.checked_add(d));
         if let Some(at) = s.expires_at {
             self.timers.insert((at, conn.idx, conn.gen, Due::Expiry));
             let warn = at.checked_sub(notice).filter(|w| *w > now).unwrap_or(now);
@@ -313,5 +315,87 @@ pub fn close_code(d: &Denied) -> u16 {
     match d {
         Denied::Unauthorized(_) => CLOSE_UNAUTHORIZED,
         Denied::Forbidden(_) => CLOSE_FORBIDDEN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::auth::{Access, Authorizer, Credentials, Denied, Grant};
+    use crate::route::{Msg, Placement, Route, ShardId};
+    use crate::{Engine, Limits, Output, Transport};
+
+    struct Alone;
+    impl Route for Alone {
+        fn try_send(&mut self, _: ShardId, msg: Msg) -> Result<(), Msg> {
+            Err(msg)
+        }
+        fn send(&mut self, _: ShardId, _: Msg) {}
+    }
+
+    /// Admits any token, for `expires_in` taken from its text.
+    struct Lifetime;
+    impl Authorizer for Lifetime {
+        fn admit(&self, c: &Credentials) -> Result<Grant, Denied> {
+            let secs: u64 = c
+                .token
+                .as_deref()
+                .unwrap_or("")
+                .parse()
+                .map_err(|_| Denied::Unauthorized("bad".into()))?;
+            Ok(Grant::new(
+                Some(Arc::from("s")),
+                Access::All,
+                Access::All,
+                Some(Duration::from_secs(secs)),
+            ))
+        }
+    }
+
+    fn engine() -> Engine<Alone> {
+        Engine::new(
+            0,
+            Placement::new(1, [1, 2, 3, 4]),
+            Limits {
+                token_expiry_notice: Duration::from_secs(10),
+                ..Limits::default()
+            },
+            "e",
+            Alone,
+            Box::new(Lifetime),
+        )
+    }
+
+    #[test]
+    fn the_notice_then_the_close_and_nothing_for_an_unreachable_expiry() {
+        let t0 = Instant::now();
+        let mut e = engine();
+        let c = e.open(Grant::anonymous(Access::none()));
+        e.set_transport(c, Transport::WebSocket);
+        e.admit(c, &Credentials::token("60"), t0).unwrap();
+        assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(50)));
+        e.handle_timeout(t0 + Duration::from_secs(50));
+        let mut frames = Vec::new();
+        e.take_batch(c, &mut frames, 8);
+        let text = String::from_utf8_lossy(&frames[0]).into_owned();
+        assert!(
+            text.contains(r#"{"op":"expiring","expires_in":10}"#),
+            "{text}"
+        );
+        while e.poll_output().is_some() {}
+        e.handle_timeout(t0 + Duration::from_secs(60));
+        let out: Vec<_> = std::iter::from_fn(|| e.poll_output()).collect();
+        assert!(out.contains(&Output::Close {
+            conn: c,
+            code: super::CLOSE_UNAUTHORIZED,
+            reason: "token expired"
+        }));
+        // An expiry past what an Instant can hold is no expiry, not a panic.
+        let d = e.open(Grant::anonymous(Access::none()));
+        e.admit(d, &Credentials::token(&u64::MAX.to_string()), t0)
+            .unwrap();
+        assert!(e.is_authenticated(d));
     }
 }
