@@ -12,7 +12,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 cargo metadata --format-version 1 --locked --filter-platform "$host" | python3 -c '
 import json, sys
 m = json.load(sys.stdin)
-ver = lambda v: tuple(int(x) for x in v.split("."))
+ver = lambda v: tuple((list(map(int, v.split("."))) + [0, 0])[:3])
 members = set(m["workspace_members"])
 ours = {p["rust_version"] for p in m["packages"] if p["id"] in members}
 if len(ours) != 1 or None in ours:
