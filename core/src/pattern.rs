@@ -118,7 +118,14 @@ pub fn any_matches(patterns: &[Pattern], topic: &str) -> bool {
 pub fn parse_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<Pattern>, String> {
     items
         .into_iter()
-        .map(|s| Pattern::parse(s).map_err(|e| format!("{s:?}: {e}")))
+        .map(|s| {
+            Pattern::parse(s).map_err(|e| {
+                // Quoted in a client-visible refusal: bounded.
+                let shown: String = s.chars().take(64).collect();
+                let more = if shown.len() < s.len() { "..." } else { "" };
+                format!("{shown:?}{more}: {e}")
+            })
+        })
         .collect()
 }
 

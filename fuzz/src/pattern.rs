@@ -189,7 +189,11 @@ pub fn pattern(data: &[u8]) {
                 .iter()
                 .position(Option::is_none)
                 .unwrap_or_else(|| panic!("list of valid {items:?} refused: {msg}"));
-            let shown = format!("{:?}", items[first_bad]);
+            // The item is quoted (at most 64 characters of it, then `...`).
+            let item = items[first_bad];
+            let cut: String = item.chars().take(64).collect();
+            let more = if cut.len() < item.len() { "..." } else { "" };
+            let shown = format!("{cut:?}{more}: ");
             assert!(
                 msg.starts_with(&shown),
                 "error {msg:?} does not name the first bad item {shown}"

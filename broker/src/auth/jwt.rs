@@ -125,6 +125,14 @@ impl JwtVerifier {
     /// its claims into a grant.
     pub fn verify(&self, token: &str, now: u64) -> Result<Grant, Denied> {
         let bad = |why: String| Denied::Unauthorized(why);
+        // RFC 7515 4.1.11: a `crit` header names extensions the recipient
+        // must understand; ringcast understands none, so it must refuse
+        // (jsonwebtoken ignores `crit`).
+        if has_crit_header(token) {
+            return Err(bad(
+                "invalid token: critical header extensions (crit)".into()
+            ));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| bad(format!("invalid token: {}", describe(&e))))?;
         let c = data.claims;
@@ -158,6 +166,19 @@ impl JwtVerifier {
             )),
         ))
     }
+}
+
+/// Whether the token's header carries `crit`.
+fn has_crit_header(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
+        .is_ok_and(|h| h.contains_key("crit"))
 }
 
 /// A short reason a client may see (never the key material).
@@ -256,6 +277,15 @@ mod tests {
         refuse(&format!("{none}.{payload}."), "");
         refuse(&format!("{none}.{payload}"), "");
         refuse("not a token", "malformed");
+        // A critical extension ringcast does not know.
+        let mut h = Header::new(Algorithm::HS256);
+        h.extras.insert("crit".into(), "exp".into());
+        let crit = encode(
+            &h,
+            &json!({"sub":"a","exp":NOW+60}),
+            &EncodingKey::from_secret(SECRET),
+        );
+        refuse(&crit.unwrap(), "crit");
     }
 
     #[test]

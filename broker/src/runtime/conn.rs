@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::access::{self, Origin};
 use super::client_ip::{self, Refused};
@@ -346,7 +346,10 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> Next
 }
 
 pub(super) fn reject(shard: &Shard, conn: &Conn, e: HttpError) -> Next {
-    warn!(shard = shard.id, error = %e, "request rejected");
+    // A client's mistake, not the broker's: any web page can cause these,
+    // so they must not flood the log at the default level. Counted in
+    // /metrics (http_errors) instead.
+    debug!(shard = shard.id, error = %e, "request rejected");
     shard.metrics().http_error(e);
     let resp = head_only(conn, e.to_response());
     shard.outbox(conn, |o| o.push_response(resp));
@@ -778,7 +781,7 @@ async fn websocket(
                 (Ok(Some(_)), _) => {}
                 (Ok(None), _) => break,
                 (Err(e), _) => {
-                    warn!(shard = shard.id, error = %e, close = e.close_code().0, "websocket failed")
+                    debug!(shard = shard.id, error = %e, close = e.close_code().0, "websocket failed")
                 }
             }
             if closed {
