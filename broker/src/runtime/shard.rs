@@ -91,6 +91,13 @@ impl Shard {
             .filter(|c| c.id == id)
     }
 
+    /// Runs `f` on the engine where it cannot ask for anything (the
+    /// writer's take and written): no output to carry out, no counter to
+    /// copy. The writer runs once per write; this keeps it at one borrow.
+    pub fn engine_io<T>(&self, f: impl FnOnce(&mut Engine<MeshRoute>) -> T) -> T {
+        f(&mut self.engine.borrow_mut())
+    }
+
     /// Runs `f` on the engine, then carries out what it asked for.
     pub fn engine<T>(&self, f: impl FnOnce(&mut Engine<MeshRoute>) -> T) -> T {
         let r = f(&mut self.engine.borrow_mut());

@@ -26,7 +26,7 @@ const MAX_IOVECS: usize = 64;
 pub async fn run_writer(shard: &Shard, conn: &Conn) {
     let mut iov: Vec<Bytes> = Vec::new();
     loop {
-        let state = shard.engine(|e| e.take_batch(conn.id, &mut iov, MAX_IOVECS));
+        let state = shard.engine_io(|e| e.take_batch(conn.id, &mut iov, MAX_IOVECS));
         if iov.is_empty() {
             match state {
                 State::Closed => return,
@@ -46,7 +46,7 @@ pub async fn run_writer(shard: &Shard, conn: &Conn) {
             let _ = conn.stream.shutdown(Shutdown::Both);
             return;
         }
-        shard.engine(|e| e.written(conn.id, batch));
+        shard.engine_io(|e| e.written(conn.id, batch));
         conn.space.notify_one();
         shard.metrics().bytes_out.add(batch as u64);
     }
