@@ -37,7 +37,12 @@
 #   CONNS [5000]      idle connections in c     SETTLE [2s]  wait before sampling RSS
 #   BROKER_CORE [0]   LOADGEN_CORE [1]          SHARDS2_CPUS [0,1]
 #   BROKER_FLAGS []   extra broker flags, both sides (word-split)
-#   QUIET_WAIT [0]    if > 0: before each round wait up to this many seconds
+#   BEFORE_FLAGS [], AFTER_FLAGS []  extra broker flags for one side only
+#                     (word-split; e.g. the same binary with two configurations)
+#   BEFORE_LOADGEN_FLAGS [], AFTER_LOADGEN_FLAGS []  extra global loadgen
+#                     flags for one side's runs (word-split; e.g. --token T)
+#   BEFORE_NAME [before], AFTER_NAME [after]  the sides' names in the report
+#   QUIET_WAIT [0]    if > 0: before each run wait up to this many seconds
 #                     until other processes use < QUIET [0.15] cores
 #   BEFORE_TREE, AFTER_TREE  git trees the binaries were built from (header only)
 # Exit status: 0 if every run completed, 1 if any failed (the table says
@@ -81,6 +86,13 @@ BROKER_CORE=${BROKER_CORE:-0}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
 SHARDS2_CPUS=${SHARDS2_CPUS:-0,1}
 BROKER_FLAGS=${BROKER_FLAGS:-}
+BEFORE_FLAGS=${BEFORE_FLAGS:-}
+AFTER_FLAGS=${AFTER_FLAGS:-}
+BEFORE_LOADGEN_FLAGS=${BEFORE_LOADGEN_FLAGS:-}
+AFTER_LOADGEN_FLAGS=${AFTER_LOADGEN_FLAGS:-}
+BEFORE_NAME=${BEFORE_NAME:-before}
+AFTER_NAME=${AFTER_NAME:-after}
+export BEFORE_NAME AFTER_NAME
 SCENARIOS=${SCENARIOS:-"a1 b1 a2 b2 c"}
 QUIET=${QUIET:-0.15}
 QUIET_WAIT=${QUIET_WAIT:-0}
@@ -157,14 +169,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_broker BINARY SHARDS CPUS LOG: a fresh broker on a free loopback
-# port, up when /healthz answers 200 (every shard accepting).
+# start_broker BINARY SHARDS CPUS LOG SIDE_FLAGS: a fresh broker on a free
+# loopback port, up when /healthz answers 200 (every shard accepting).
 start_broker() {
-  local bin=$1 shards=$2 cpus=$3 blog=$4 i
+  local bin=$1 shards=$2 cpus=$3 blog=$4 side_flags=$5 i
   port=$(free_port)
-  # shellcheck disable=SC2086 # BROKER_FLAGS is a list of flags
+  # shellcheck disable=SC2086 # BROKER_FLAGS and side_flags are lists of flags
   taskset -c "$cpus" "$bin" --listen "127.0.0.1:$port" --shards "$shards" $BROKER_FLAGS \
-    >"$blog" 2>&1 &
+    $side_flags >"$blog" 2>&1 &
   broker=$!
   for ((i = 0; i < 200; i++)); do
     if ! kill -0 "$broker" 2>/dev/null; then
@@ -213,18 +225,24 @@ wait_quiet() {
 # (SIDE's binary), one loadgen run; its JSON report (or error) becomes one
 # line of results.jsonl.
 run_one() {
-  local scen=$1 side=$2 round=$3 shards=$4 cpus=$5 bin name rc
+  local scen=$1 side=$2 round=$3 shards=$4 cpus=$5 bin name rc side_flags lg_flags
   shift 5
-  if [ "$side" = before ]; then bin=$BEFORE; else bin=$AFTER; fi
+  wait_quiet
+  if [ "$side" = before ]; then
+    bin=$BEFORE side_flags=$BEFORE_FLAGS lg_flags=$BEFORE_LOADGEN_FLAGS
+  else
+    bin=$AFTER side_flags=$AFTER_FLAGS lg_flags=$AFTER_LOADGEN_FLAGS
+  fi
   name=$scen-$side-$round
   start_error=
   broker_alive=0
   broker_exit=
   rc=
-  if start_broker "$bin" "$shards" "$cpus" "$OUT/broker-$name.log"; then
+  if start_broker "$bin" "$shards" "$cpus" "$OUT/broker-$name.log" "$side_flags"; then
     rc=0
+    # shellcheck disable=SC2086 # lg_flags is a list of flags
     taskset -c "$LOADGEN_CORE" timeout -k 5 "$loadgen_limit" "$LOADGEN" \
-      --broker "http://127.0.0.1:$port" --broker-pid "$broker" --json "$@" \
+      --broker "http://127.0.0.1:$port" --broker-pid "$broker" --json $lg_flags "$@" \
       >"$OUT/$name.json" 2>"$OUT/$name.err" || rc=$?
     # Per-shard counters (which shard took the publishes, which delivered).
     curl -fs -m 2 "http://127.0.0.1:$port/metrics" >"$OUT/metrics-$name.txt" 2>/dev/null || true
@@ -234,12 +252,14 @@ run_one() {
     echo "$start_error" >"$OUT/$name.err"
   fi
   python3 - "$OUT" "$name" "$scen" "$side" "$round" "$bin" "$shards" "$cpus" \
-    "${rc:-}" "$broker_alive" "${broker_exit:-}" "$(printf '%q ' "$@")" <<'EOF' | tee -a "$OUT/progress.log" >&2
+    "${rc:-}" "$broker_alive" "${broker_exit:-}" "$(printf '%q ' "$@")" \
+    "$BROKER_FLAGS $side_flags" <<'EOF' | tee -a "$OUT/progress.log" >&2
 import json, os, sys, time
-out, name, scen, side, rnd, binary, shards, cpus, rc, alive, bexit, args = sys.argv[1:]
-rec = {"scenario": scen, "side": side, "round": int(rnd), "broker_binary": binary,
+out, name, scen, side, rnd, binary, shards, cpus, rc, alive, bexit, args, bflags = sys.argv[1:]
+rec = {"scenario": scen, "side": side, "side_name": os.environ.get(side.upper() + "_NAME"),
+       "round": int(rnd), "broker_binary": binary,
        "tree": os.environ.get(side.upper() + "_TREE") or None, "shards": int(shards),
-       "broker_cpus": cpus, "loadgen_args": args.strip(),
+       "broker_cpus": cpus, "broker_flags": bflags.strip(), "loadgen_args": args.strip(),
        "loadgen_exit": int(rc) if rc else None,
        "broker_alive_at_end": alive == "1", "broker_exit": int(bexit) if bexit else None,
        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -261,7 +281,7 @@ with open(os.path.join(out, "results.jsonl"), "a") as f:
 r = rec["report"]
 if r and "transports" in r:
     r = r["transports"][0]
-line = f"   {name}: "
+line = f"   {name} ({rec['side_name']}): "
 try:
     if "error" in rec:
         line += "FAILED " + rec["error"][:200]
@@ -285,13 +305,12 @@ pair() {
   local scen=$1 shards=$2 cpus=$3 r
   shift 3
   for ((r = 1; r <= REPEATS; r++)); do
-    wait_quiet
     if ((r % 2)); then
-      log "== $scen round $r: before, after"
+      log "== $scen round $r: before ($BEFORE_NAME), after ($AFTER_NAME)"
       run_one "$scen" before "$r" "$shards" "$cpus" "$@"
       run_one "$scen" after "$r" "$shards" "$cpus" "$@"
     else
-      log "== $scen round $r: after, before"
+      log "== $scen round $r: after ($AFTER_NAME), before ($BEFORE_NAME)"
       run_one "$scen" after "$r" "$shards" "$cpus" "$@"
       run_one "$scen" before "$r" "$shards" "$cpus" "$@"
     fi
@@ -299,13 +318,15 @@ pair() {
 }
 
 sha() { sha256sum "$1" | cut -c1-12; }
+# A --token's value is a credential: the report names it, never prints it.
+redact() { sed -E 's/(--token[ =])[^ ]+/\1…/g' <<<"$1"; }
 {
-  echo "# ringcast broker: before vs after"
+  echo "# ringcast broker: $BEFORE_NAME vs $AFTER_NAME"
   echo
   echo "- **Date:** $started_at"
   echo "- **Command:** \`$cmdline\`"
-  echo "- **Before:** \`$BEFORE\` (sha256 $(sha "$BEFORE")), tree ${BEFORE_TREE:-not given}"
-  echo "- **After:** \`$AFTER\` (sha256 $(sha "$AFTER")), tree ${AFTER_TREE:-not given}"
+  echo "- **Before ($BEFORE_NAME):** \`$BEFORE\` (sha256 $(sha "$BEFORE")), tree ${BEFORE_TREE:-not given}${BEFORE_FLAGS:+; broker flags \`$BEFORE_FLAGS\`}${BEFORE_LOADGEN_FLAGS:+; loadgen flags \`$(redact "$BEFORE_LOADGEN_FLAGS")\`}"
+  echo "- **After ($AFTER_NAME):** \`$AFTER\` (sha256 $(sha "$AFTER")), tree ${AFTER_TREE:-not given}${AFTER_FLAGS:+; broker flags \`$AFTER_FLAGS\`}${AFTER_LOADGEN_FLAGS:+; loadgen flags \`$(redact "$AFTER_LOADGEN_FLAGS")\`}"
   if cmp -s "$BEFORE" "$AFTER"; then echo "  (the two broker binaries are identical)"; fi
   echo "- **Loadgen:** \`$LOADGEN\` (sha256 $(sha "$LOADGEN")), the same for both"
   echo "- **Machine:** $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(uname -sr); load average at start $(cut -d' ' -f1-3 /proc/loadavg); ulimit -n $(ulimit -n)"
@@ -368,7 +389,8 @@ def fmt(v, f):
     if len(v) == 2 and isinstance(v[0], float):
         return f"{v[0]:.1f} → {v[1]:.1f}"
     return "/".join(f"{x:,}" for x in v)
-print("| scenario | metric | before | after | after vs before |")
+bn, an = os.environ["BEFORE_NAME"], os.environ["AFTER_NAME"]
+print(f"| scenario | metric | {bn} | {an} | {an} vs {bn} |")
 print("|---|---|--:|--:|--:|")
 for s in scenarios.split():
     rs = {side: sorted((r for r in runs if r["scenario"] == s and r["side"] == side), key=lambda r: r["round"])
@@ -400,7 +422,7 @@ for s in scenarios.split():
         first = False
 print()
 print("Each cell lists the runs in round order (` · ` between rounds; rounds alternate which side runs first);")
-print("\"after vs before\" compares the means. Fan-out latency is from the scheduled send time (open loop);")
+print(f"\"{an} vs {bn}\" compares the means. Fan-out latency is from the scheduled send time (open loop);")
 print("broker CPU µs / delivery is the broker's utime + stime over the publish and drain window divided by delivered messages.")
 print("\"other load\" is CPU used by processes other than the broker and the loadgen during the run: where it is")
 print("well above 0, that run was disturbed.")

@@ -88,6 +88,12 @@ struct Cli {
     /// 127.0.0.2,127.0.0.3): each gives another ephemeral port range.
     #[arg(long, value_delimiter = ',', global = true)]
     source_ips: Vec<IpAddr>,
+    /// A credential (a JWT, or for HTTP publishes an API key) every
+    /// connection presents: `?token=T` on the WebSocket upgrade, SSE and
+    /// poll URLs, `Authorization: Bearer T` on `POST /publish`. For a
+    /// broker run with `--auth jwt`.
+    #[arg(long, global = true, value_name = "T")]
+    token: Option<String>,
     /// Per connection: TCP connect plus WebSocket handshake.
     #[arg(long, value_parser = parse_duration, default_value = "10s", global = true)]
     connect_timeout: Duration,
@@ -142,6 +148,9 @@ fn run(cli: Cli) -> Result<bool, String> {
             return Err(format!("{flag} must be in [1ms, 1h], got {d:?}"));
         }
     }
+    if cli.token.as_deref() == Some("") {
+        return Err("--token is empty".into());
+    }
     let common = Common {
         endpoint: Endpoint::parse(&cli.broker)?,
         broker_url: cli.broker.clone(),
@@ -154,6 +163,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         connect_timeout: cli.connect_timeout,
         setup_timeout: cli.setup_timeout,
         json: cli.json,
+        token: cli.token.map(Into::into),
     };
     if (cli.csv || cli.plot.is_some())
         && !matches!(cli.scenario, Scenario::Fanout(_) | Scenario::Compare(_))

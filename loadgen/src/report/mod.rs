@@ -71,6 +71,8 @@ pub struct FanoutReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
     pub broker_url: String,
+    /// Every connection presented `--token`.
+    pub token: bool,
     pub subs: usize,
     pub topics: usize,
     pub publishers: usize,
@@ -130,6 +132,8 @@ impl FanoutReport {
 pub struct ConnsReport {
     pub transport: Transport,
     pub broker_url: String,
+    /// Every connection presented `--token`.
+    pub token: bool,
     pub conns: usize,
     pub topics: usize,
     pub source_ips: Vec<String>,
@@ -432,6 +436,7 @@ pub(crate) mod tests {
             poll_hold_ms: None,
             poll_interval_ms: None,
             broker_url: "http://127.0.0.1:1".into(),
+            token: false,
             subs: 2,
             topics: 1,
             publishers: 1,

@@ -206,6 +206,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     Ok(ConnsReport {
         transport: common.transport,
         broker_url: common.broker_url.clone(),
+        token: common.token.is_some(),
         conns: args.conns,
         topics: args.topics,
         source_ips: common.source_ips.iter().map(|ip| ip.to_string()).collect(),

@@ -343,6 +343,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         poll_interval_ms: (common.transport == Transport::ShortPoll)
             .then_some(common.poll_interval.as_millis() as u64),
         broker_url: common.broker_url.clone(),
+        token: common.token.is_some(),
         subs: args.subs,
         topics: args.topics,
         publishers: args.publishers,

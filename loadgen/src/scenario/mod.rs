@@ -13,7 +13,7 @@ pub mod fanout;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::transport::{
@@ -39,6 +39,8 @@ pub struct Common {
     /// Ceiling for connecting and subscribing everyone.
     pub setup_timeout: Duration,
     pub json: bool,
+    /// `--token`: presented by every connection (see [`ConnectOpts::token`]).
+    pub token: Option<Arc<str>>,
 }
 
 impl Common {
@@ -53,6 +55,7 @@ impl Common {
             read_chunk,
             poll_hold: self.poll_hold,
             poll_interval: self.poll_interval,
+            token: self.token.clone(),
         }
     }
 

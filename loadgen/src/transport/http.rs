@@ -116,15 +116,25 @@ pub fn get(out: &mut BytesMut, authority: &str, path: &str, extra: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `POST /publish/{topic}` carrying `data`.
-pub fn post_publish(out: &mut BytesMut, authority: &str, topic: &str, data: &[u8]) {
+/// `POST /publish/{topic}` carrying `data`; with a `token`, also
+/// `Authorization: Bearer {token}`.
+pub fn post_publish(
+    out: &mut BytesMut,
+    authority: &str,
+    topic: &str,
+    data: &[u8],
+    token: Option<&str>,
+) {
     use std::io::Write;
     let mut w = std::mem::take(out).writer();
     // Writing into memory cannot fail.
+    let _ = write!(w, "POST /publish/{topic} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(t) = token {
+        let _ = write!(w, "Authorization: Bearer {t}\r\n");
+    }
     let _ = write!(
         w,
-        "POST /publish/{topic} HTTP/1.1\r\nHost: {authority}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         data.len()
     );
     *out = w.into_inner();
@@ -168,6 +178,7 @@ pub async fn connect(ep: &Endpoint, opts: &ConnectOpts) -> Result<Stream> {
 pub struct HttpPublisher {
     io: Stream,
     authority: String,
+    token: Option<std::sync::Arc<str>>,
     /// Requests sent whose response has not arrived.
     pub in_flight: u64,
 }
@@ -177,6 +188,7 @@ impl HttpPublisher {
         Ok(HttpPublisher {
             io: connect(ep, opts).await?,
             authority: ep.authority.clone(),
+            token: opts.token.clone(),
             in_flight: 0,
         })
     }
@@ -184,7 +196,13 @@ impl HttpPublisher {
 
 impl PubConn for HttpPublisher {
     fn queue_publish(&mut self, topic: &str, data: &[u8]) {
-        post_publish(self.io.wbuf(), &self.authority, topic, data);
+        post_publish(
+            self.io.wbuf(),
+            &self.authority,
+            topic,
+            data,
+            self.token.as_deref(),
+        );
         self.io.wire.requests += 1;
         self.in_flight += 1;
     }
@@ -277,11 +295,18 @@ mod tests {
             b"GET /poll/t?since=3 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
         );
         out.clear();
-        post_publish(&mut out, "h:1", "a.b", b"{\"x\":1}");
+        post_publish(&mut out, "h:1", "a.b", b"{\"x\":1}", None);
         assert_eq!(
             &out[..],
             &b"POST /publish/a.b HTTP/1.1\r\nHost: h:1\r\nContent-Type: application/json\r\n\
                Content-Length: 7\r\n\r\n{\"x\":1}"[..]
+        );
+        out.clear();
+        post_publish(&mut out, "h:1", "a.b", b"{}", Some("h.p.s"));
+        assert_eq!(
+            &out[..],
+            &b"POST /publish/a.b HTTP/1.1\r\nHost: h:1\r\nAuthorization: Bearer h.p.s\r\n\
+               Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"[..]
         );
     }
 

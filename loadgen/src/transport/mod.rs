@@ -23,7 +23,9 @@ pub mod sse;
 pub mod stream;
 pub mod ws;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -160,6 +162,32 @@ pub struct ConnectOpts {
     pub poll_hold: Duration,
     /// Short polling: time between the starts of two requests.
     pub poll_interval: Duration,
+    /// `--token`: the credential every connection presents (`?token=` on
+    /// the upgrade, SSE and poll URLs; `Authorization: Bearer` on HTTP
+    /// publishes). `None`: anonymous.
+    pub token: Option<Arc<str>>,
+}
+
+/// `path` with `token=T` added to its query string, the token
+/// percent-encoded (everything but RFC 3986's unreserved characters, so a
+/// `+` is not read back as a space); `path` unchanged without a token.
+/// JWTs are base64url and dots, so they pass through as they are.
+pub fn with_token<'a>(path: &'a str, token: Option<&str>) -> Cow<'a, str> {
+    let Some(token) = token else {
+        return Cow::Borrowed(path);
+    };
+    let mut out = String::with_capacity(path.len() + token.len() + 7);
+    out.push_str(path);
+    out.push(if path.contains('?') { '&' } else { '?' });
+    out.push_str("token=");
+    for &b in token.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A subscriber's connection.
@@ -303,5 +331,39 @@ impl PubConn for PubClient {
 
     async fn close(self) {
         delegate_pub!(self, c => PubConn::close(c).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_joins_the_query_percent_encoded() {
+        assert_eq!(with_token("/ws", None), "/ws");
+        assert_eq!(
+            with_token("/ws", Some("aB3.x-y_z~")),
+            "/ws?token=aB3.x-y_z~"
+        );
+        assert_eq!(
+            with_token("/poll/lg.1?since=0&timeout_ms=0", Some("a.b.c")),
+            "/poll/lg.1?since=0&timeout_ms=0&token=a.b.c"
+        );
+        assert_eq!(
+            with_token("/ws", Some("k+/= &")),
+            "/ws?token=k%2B%2F%3D%20%26"
+        );
+    }
+
+    #[test]
+    fn the_upgrade_request_carries_the_token_on_its_url() {
+        let path = with_token(ws::PATH, Some("h.p.s"));
+        let (_, request) =
+            ringcast_proto::handshake::ClientHandshake::new("127.0.0.1:1", &path, &[]);
+        let head = String::from_utf8_lossy(&request);
+        assert!(
+            head.starts_with("GET /ws?token=h.p.s HTTP/1.1\r\n"),
+            "{head}"
+        );
     }
 }

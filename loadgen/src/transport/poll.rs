@@ -37,6 +37,7 @@ pub enum Mode {
 pub struct PollClient {
     io: Stream,
     authority: String,
+    token: Option<std::sync::Arc<str>>,
     mode: Mode,
     topic: String,
     since: u64,
@@ -53,6 +54,7 @@ impl PollClient {
         Ok(PollClient {
             io: http::connect(ep, opts).await?,
             authority: ep.authority.clone(),
+            token: opts.token.clone(),
             mode,
             topic: String::new(),
             since: 0,
@@ -69,6 +71,7 @@ impl PollClient {
             self.since,
             hold.as_millis()
         );
+        let path = super::with_token(&path, self.token.as_deref());
         http::get(self.io.wbuf(), &self.authority, &path, "");
         self.io.wire.requests += 1;
         self.in_flight = true;

@@ -20,6 +20,7 @@ const MAX_EVENT: usize = 32 * 1024 * 1024;
 pub struct SseClient {
     io: Stream,
     authority: String,
+    token: Option<std::sync::Arc<str>>,
     queue: VecDeque<Bytes>,
     /// How far the read buffer has been searched for an event's end, so a
     /// large event arriving in many reads is not rescanned from its start.
@@ -31,6 +32,7 @@ impl SseClient {
         Ok(SseClient {
             io: http::connect(ep, opts).await?,
             authority: ep.authority.clone(),
+            token: opts.token.clone(),
             queue: VecDeque::new(),
             scanned: 0,
         })
@@ -94,7 +96,7 @@ impl SubConn for SseClient {
         http::get(
             self.io.wbuf(),
             &self.authority,
-            &path,
+            &super::with_token(&path, self.token.as_deref()),
             "Accept: text/event-stream\r\n",
         );
         self.io.wire.requests += 1;

@@ -28,7 +28,8 @@ pub struct WsClient {
 }
 
 impl WsClient {
-    /// TCP connect and WebSocket handshake on `path`, within `opts.timeout`.
+    /// TCP connect and WebSocket handshake on `path`, within `opts.timeout`;
+    /// with `opts.token`, on `path?token=T`.
     pub async fn connect(ep: &Endpoint, path: &str, opts: &ConnectOpts) -> Result<WsClient> {
         match tokio::time::timeout(opts.timeout, Self::connect_inner(ep, path, opts)).await {
             Ok(r) => r,
@@ -41,7 +42,8 @@ impl WsClient {
 
     async fn connect_inner(ep: &Endpoint, path: &str, opts: &ConnectOpts) -> Result<WsClient> {
         let mut io = Stream::connect(ep, opts).await?;
-        let (hs, request) = ClientHandshake::new(&ep.authority, path, &[]);
+        let target = super::with_token(path, opts.token.as_deref());
+        let (hs, request) = ClientHandshake::new(&ep.authority, &target, &[]);
         io.queue(&request);
         io.flush().await.map_err(|e| format!("handshake: {e}"))?;
         io.wire.requests += 1;
