@@ -91,4 +91,7 @@ export AFTER_LOADGEN_FLAGS="--token $token"
 export SCENARIOS=${SCENARIOS:-"c a1 b1"}
 echo "token: HS256, sub ringcast-loadgen, subscribe/publish lg.>, expires in ${TOKEN_TTL}s;" \
   "secret in $secret" >&2
+inner=$(printf '%q ' "$here/bench-before-after.sh" "$BROKER" "$BROKER" "$LOADGEN")
+BENCH_COMMAND="$(printf '%q ' "$0" "$@")(runs ${inner% })"
+export BENCH_COMMAND
 exec "$here/bench-before-after.sh" "$BROKER" "$BROKER" "$LOADGEN"

@@ -99,6 +99,8 @@ QUIET_WAIT=${QUIET_WAIT:-0}
 
 cmdline=$(printf '%q ' "$0" "$@")
 cmdline=${cmdline% }
+# A wrapper (scripts/bench-auth.sh) names itself as the command.
+cmdline=${BENCH_COMMAND:-$cmdline}
 started_at=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 t0=$SECONDS
 
@@ -254,7 +256,7 @@ run_one() {
   python3 - "$OUT" "$name" "$scen" "$side" "$round" "$bin" "$shards" "$cpus" \
     "${rc:-}" "$broker_alive" "${broker_exit:-}" "$(printf '%q ' "$@")" \
     "$BROKER_FLAGS $side_flags" <<'EOF' | tee -a "$OUT/progress.log" >&2
-import json, os, sys, time
+import json, os, re, sys, time
 out, name, scen, side, rnd, binary, shards, cpus, rc, alive, bexit, args, bflags = sys.argv[1:]
 rec = {"scenario": scen, "side": side, "side_name": os.environ.get(side.upper() + "_NAME"),
        "round": int(rnd), "broker_binary": binary,
@@ -274,6 +276,25 @@ if rc != "0" or rec["report"] is None:
     rec["error"] = (f"exit {rc}: " if rc else "") + msg[0]
     if rc == "124":
         rec["error"] = "loadgen killed by the script's watchdog (timeout); " + rec["error"]
+def placement(path):
+    """From the broker's /metrics at the end of a fan-out: the topics each
+    shard owns, and the publisher's shard (the one that read the most bytes:
+    the publishes outweigh the subscribers' upgrades and subscribes)."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    found = {"topics": {}, "bytes_in_total": {}}
+    for m in re.finditer(r'^ringcast_(topics|bytes_in_total)\{shard="(\d+)"[^}]*\} (\S+)$', text, re.M):
+        found[m.group(1)][int(m.group(2))] = float(m.group(3))
+    bytes_in = found["bytes_in_total"]
+    if len(bytes_in) < 2:
+        return None
+    pub = max(bytes_in, key=bytes_in.get)
+    return {"topics_owned": [int(found["topics"].get(k, 0)) for k in sorted(bytes_in)],
+            "publisher_shard": pub}
+if int(shards) > 1 and scen != "c":
+    rec["placement"] = placement(os.path.join(out, "metrics-" + name + ".txt"))
 if rec["report"] is not None and not rec["broker_alive_at_end"]:
     rec["error"] = "broker died during the run (see broker log)"
 with open(os.path.join(out, "results.jsonl"), "a") as f:
@@ -364,8 +385,12 @@ label = {
     "c": f"idle ws connections × {int(conns):,}, 1 shard",
 }
 def rep(r):
-    r = r.get("report")
-    return r["transports"][0] if r and "transports" in r else r
+    p, r = r.get("placement"), r.get("report")
+    r = r["transports"][0] if r and "transports" in r else r
+    return dict(r, placement=p) if r and p else r
+def owned_by_publisher(r):
+    p = r["placement"]
+    return (p["topics_owned"][p["publisher_shard"]], sum(p["topics_owned"]))
 fan = [  # (metric, value from a report, format, compare?)
     ("delivered / expected", lambda r: (r["totals"]["delivered"], r["totals"]["expected"]), None, False),
     ("lost / dup / out of order", lambda r: (r["totals"]["lost"], r["totals"]["duplicated"], r["totals"]["out_of_order"]), None, False),
@@ -375,6 +400,7 @@ fan = [  # (metric, value from a report, format, compare?)
     ("broker CPU (cores)", lambda r: r["broker"]["cpu_utilization"], "{:.2f}", True),
     ("loadgen CPU (cores)", lambda r: r["loadgen"]["cpu_utilization"], "{:.2f}", False),
     ("other load (cores)", lambda r: (r.get("host") or {}).get("other_cores", float("nan")), "{:.2f}", False),
+    ("topics owned by the publisher's shard", owned_by_publisher, None, False),
 ]
 idle = [
     ("**broker RSS KiB / conn**", lambda r: r["broker_rss_delta_per_conn_kib"], "{:.2f}", True),
@@ -415,6 +441,8 @@ for s in scenarios.split():
                     pass
             cells.append(" · ".join(fmt(v, f) for v in vals) or "–")
             means.append(statistics.mean(vals) if f and vals else None)
+        if cells == ["–", "–"]:
+            continue
         d = ""
         if compare and means[0] and means[1] is not None:
             d = f"{(means[1] / means[0] - 1) * 100:+.1f} %"
@@ -426,6 +454,10 @@ print(f"\"{an} vs {bn}\" compares the means. Fan-out latency is from the schedul
 print("broker CPU µs / delivery is the broker's utime + stime over the publish and drain window divided by delivered messages.")
 print("\"other load\" is CPU used by processes other than the broker and the loadgen during the run: where it is")
 print("well above 0, that run was disturbed.")
+if any(s in ("a2", "b2") for s in scenarios.split()):
+    print("With 2 shards, where a run's topics and its publisher land is random (the topic's owner is a hash,")
+    print("the publisher's shard SO_REUSEPORT's pick): \"topics owned by the publisher's shard\" says which placement")
+    print("each run got (from the broker's /metrics), as it can change the cost of the cross-shard path.")
 if "c" in scenarios.split():
     print(f"Broker RSS was seen to move in 2 MiB steps (identical binaries gave 4.92 or 5.33 KiB / conn at 5,000 conns),")
     print(f"so at CONNS={int(conns):,} a difference under {2048 / int(conns):.2f} KiB / conn can be one step of noise.")
