@@ -157,7 +157,7 @@ pub(super) async fn publish(
             let body = format!("{{\"seq\":{seq}}}");
             respond(shard, conn, keep, 200, "application/json", body.as_bytes())
         }
-        Ok(Err(code)) => json_error(shard, conn, keep, code, publish_refusal(code)),
+        Ok(Err(code)) => json_error(shard, conn, keep, code, refusal(code)),
         Err(_) => respond(
             shard,
             conn,
@@ -169,12 +169,13 @@ pub(super) async fn publish(
     }
 }
 
-fn publish_refusal(code: ErrorCode) -> &'static str {
+/// The text of an HTTP endpoint's refusal (publish, poll, SSE), by code.
+fn refusal(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Overloaded => "the broker is overloaded; retry later",
         ErrorCode::Limit => "too many topics",
         ErrorCode::Forbidden => "the credentials do not allow this topic",
-        ErrorCode::Unauthorized => "an API key or a token is needed for this topic",
+        ErrorCode::Unauthorized => "credentials are needed for this topic",
         _ => "refused",
     }
 }
@@ -247,7 +248,7 @@ pub(super) async fn poll(
         if let Some(code) = refused {
             let now = Instant::now();
             shard.engine(|e| e.take_poll(conn.id, now));
-            return json_error(shard, conn, keep, code, subscribe_refusal(code));
+            return json_error(shard, conn, keep, code, refusal(code));
         }
     }
     if !shard.engine(|e| e.poll_ready(conn.id)) && timeout_ms > 0 {
@@ -325,16 +326,6 @@ async fn subscribe(shard: &Shard, conn: &Conn, topic: &str, since: Option<u64>) 
     true
 }
 
-fn subscribe_refusal(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::Overloaded => "the broker is overloaded; retry later",
-        ErrorCode::Limit => "too many topics",
-        ErrorCode::Forbidden => "the token does not allow this topic",
-        ErrorCode::Unauthorized => "a token is needed for this topic",
-        _ => "refused",
-    }
-}
-
 /// `GET /sse/{topic}?since=N` (or `Last-Event-ID: N`): a Server-Sent Events
 /// stream, one event per message with `id:` = seq, heartbeats as comments.
 pub(super) async fn sse(
@@ -391,7 +382,7 @@ pub(super) async fn sse(
     conn.last_rx.set(Instant::now());
     subscribe(shard, conn, topic, since).await;
     if let Some(code) = shard.engine(|e| e.take_refusal(conn.id)) {
-        let frame = reply::error(code, subscribe_refusal(code), &None);
+        let frame = reply::error(code, refusal(code), &None);
         let mut event = BytesMut::from(&b"event: error\ndata: "[..]);
         event.extend_from_slice(&reply::message_json(&frame));
         event.extend_from_slice(b"\n\n");

@@ -494,7 +494,7 @@ impl<R: Route> Engine<R> {
         };
         if let Err(d) = self.auth.publish(&s.grant, &topic) {
             self.stats.denied += 1;
-            let (code, msg) = denial(d, "publish to", &topic);
+            let (code, msg) = denial(d);
             return self.reply_in_order(conn, reply::error(code, &msg, &id));
         }
         let subject = s.grant.subject.clone();
@@ -562,7 +562,7 @@ impl<R: Route> Engine<R> {
         self.clock = Some(now);
         if let Err(d) = self.auth.publish(grant, topic) {
             self.stats.denied += 1;
-            return Err((denial(d, "publish to", topic).0, None));
+            return Err((denial(d).0, None));
         }
         if let Err(wait) = self.take_publish_token(grant.subject.as_deref()) {
             return Err((ErrorCode::RateLimited, Some(wait)));
@@ -766,7 +766,7 @@ fn session_in(sessions: &Slab<Session>, conn: ConnId) -> Option<&Session> {
         .filter(|s| s.gen == conn.gen)
 }
 
-fn denial(d: Denied, _what: &str, _topic: &str) -> (ErrorCode, String) {
+fn denial(d: Denied) -> (ErrorCode, String) {
     match d {
         Denied::Unauthorized(why) => (ErrorCode::Unauthorized, why),
         Denied::Forbidden(why) => (ErrorCode::Forbidden, why),

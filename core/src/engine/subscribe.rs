@@ -66,7 +66,7 @@ impl<R: Route> Engine<R> {
                 Ok(()) => None,
                 Err(d) => {
                     self.stats.denied += 1;
-                    Some(denial(d, "subscribe to", &topic))
+                    Some(denial(d))
                 }
             }
         };
