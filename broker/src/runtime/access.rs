@@ -25,7 +25,8 @@ pub fn bearer(req: &Request) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// `%XX` decoding (tokens are URL-safe already; API keys may not be).
+/// `%XX` decoding (tokens are URL-safe already; API keys may not be). A
+/// `+` stays a `+`: this is a URL's query, not a form, and base64 keys use it.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -41,7 +42,6 @@ fn percent_decode(s: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
@@ -120,6 +120,7 @@ mod tests {
         assert_eq!(bearer(&req("/ws?token=", "")), None);
         assert_eq!(bearer(&req("/ws", "")), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a+b"), "a+b", "a key's + is not a space");
     }
 
     #[test]
