@@ -5,7 +5,9 @@
 # live fuzz run when FUZZ_SECONDS > 0).
 # Installs what the tests need (Python `websockets`, playwright-core from npm
 # for the browser test, the Autobahn suite). The browser is Debian's
-# chromium (/usr/bin/chromium, or $CHROMIUM); .ci/run installs it.
+# chromium (/usr/bin/chromium, or $CHROMIUM); .ci/run installs it. The
+# cluster-mode tests start Debian's redis-server (on PATH, or
+# $REDIS_SERVER); .ci/run installs that too.
 #
 #   scripts/test.sh                 # everything, fuzz replay only
 #   FUZZ_SECONDS=20 scripts/test.sh # plus 20 s of libFuzzer per target

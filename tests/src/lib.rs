@@ -2,6 +2,10 @@
 //! an ephemeral loopback port and offers blocking, timeout-bounded socket
 //! helpers that speak raw RFC 6455 (built on the crate's own client-role
 //! codec, so tests can also send what no well-behaved client would).
+//! [`redis`] starts a real `redis-server` of the test's own for the
+//! cluster-mode tests.
+
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
