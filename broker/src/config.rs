@@ -149,6 +149,29 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MESH_QUEUE", default_value_t = 65_536)]
     pub mesh_queue: usize,
 
+    /// Join a cluster: every node started with the same Redis (and the
+    /// same `--redis-prefix`) shares topics, seqs, history and resume.
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS.
+    /// Without it this node is alone (history in memory).
+    #[arg(long, env = "RINGCAST_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// The prefix of every Redis key and channel, so that several clusters
+    /// can share one Redis.
+    #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
+    pub redis_prefix: String,
+
+    /// How long a Redis command may take; past it a publish gets
+    /// `unavailable` (HTTP 503) and the node counts Redis as down until it
+    /// answers again.
+    #[arg(long, env = "RINGCAST_REDIS_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
+    pub redis_timeout: Duration,
+
+    /// How often the position of every topic this node watches is checked
+    /// against Redis: repairs what a subscription that went deaf missed.
+    #[arg(long, env = "RINGCAST_REDIS_CHECK_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub redis_check_interval: Duration,
+
     /// Time a WebSocket message may take to arrive once its first byte
     /// did; past it, close 1008 (a trickled message must not pin its
     /// buffer for ever).
@@ -459,6 +482,10 @@ impl Config {
             format!("max-pending-publishes = {}", self.max_pending_publishes),
             format!("max-json-depth = {}", self.max_json_depth),
             format!("mesh-queue = {}", self.mesh_queue),
+            opt_str("redis", &self.redis.as_deref().map(redact_url)),
+            format!("redis-prefix = {:?}", self.redis_prefix),
+            format!("redis-timeout = {}", d(self.redis_timeout)),
+            format!("redis-check-interval = {}", d(self.redis_check_interval)),
             format!("message-timeout = {}", d(self.message_timeout)),
             format!("slow-consumer = \"{slow}\""),
             format!("max-polls = {}", self.max_polls),
@@ -523,6 +550,27 @@ impl Config {
         for (flag, v) in positive {
             if v == 0 {
                 return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        if self.redis_prefix.is_empty()
+            || self
+                .redis_prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'{' || b == b'}')
+        {
+            return Err(
+                "--redis-prefix must be non-empty, without spaces or braces (braces are the key's hash tag)"
+                    .into(),
+            );
+        }
+        if self.redis_timeout.is_zero() || self.redis_check_interval.is_zero() {
+            return Err("--redis-timeout and --redis-check-interval must be greater than 0".into());
+        }
+        if let Some(url) = &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!(
+                    "--redis {url:?}: expected redis://HOST:PORT or rediss://HOST:PORT"
+                ));
             }
         }
         if self.shards > 1024 {
@@ -805,6 +853,21 @@ fn opt_path(key: &str, v: &Option<PathBuf>) -> String {
     match v {
         Some(p) => format!("{key} = {:?}", p.display().to_string()),
         None => format!("# {key} = (unset)"),
+    }
+}
+
+/// A URL without the password in it (`redis://:***@host`): the effective
+/// configuration is printed and logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
     }
 }
 

@@ -10,6 +10,7 @@
 //!   [`demo`]).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod engine;
 pub mod limits;
+mod mirror;
 pub mod outbox;
 mod owner;
 pub mod pattern;
@@ -26,6 +27,6 @@ pub mod wire;
 pub use auth::{AllowAll, Authorizer, Credentials, Denied, Grant};
 pub use engine::{Engine, Flow, Output};
 pub use limits::{Limits, SlowConsumer};
-pub use route::{Ack, Msg, Placement, Route, ShardId, Snapshot};
+pub use route::{Ack, Head, Msg, Placement, Route, ShardId, Snapshot};
 pub use session::{ConnId, Transport};
 pub use stats::Stats;

@@ -34,6 +34,8 @@ pub(crate) struct Owned {
     age: Option<u64>,
     last_publish: Option<Instant>,
     incarnation: u64,
+    /// Its epoch, named once (every subscribe carries it).
+    epoch: Arc<str>,
 }
 
 impl Owned {
@@ -43,8 +45,11 @@ impl Owned {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Owner {
+    /// The process's epoch: a topic's epoch is this, with its incarnation
+    /// after a dot once topics have been dropped.
+    base: Arc<str>,
     topics: HashMap<Arc<str>, Owned, RandomState>,
     /// Topics that retain something, by their last publish (a counter, so
     /// the oldest is first): the eviction and expiry order.
@@ -56,7 +61,28 @@ pub(crate) struct Owner {
     drops: u64,
 }
 
+/// The epoch of a topic's `incarnation` in a process whose epoch is
+/// `base`.
+pub(crate) fn epoch_of(base: &str, incarnation: u64) -> Arc<str> {
+    if incarnation == 0 {
+        Arc::from(base)
+    } else {
+        Arc::from(format!("{base}.{incarnation}"))
+    }
+}
+
 impl Owner {
+    pub fn new(base: Arc<str>) -> Self {
+        Owner {
+            base,
+            topics: HashMap::default(),
+            by_age: BTreeMap::new(),
+            clock: 0,
+            retained: 0,
+            drops: 0,
+        }
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.topics.len()
@@ -64,7 +90,7 @@ impl Owner {
 
     fn entry<'a>(
         topics: &'a mut HashMap<Arc<str>, Owned, RandomState>,
-        drops: u64,
+        (base, drops): (&str, u64),
         topic: &Arc<str>,
         limits: &Limits,
     ) -> Result<&'a mut Owned, ErrorCode> {
@@ -78,6 +104,7 @@ impl Owner {
                 age: None,
                 last_publish: None,
                 incarnation: drops,
+                epoch: epoch_of(base, drops),
             })),
         }
     }
@@ -92,7 +119,7 @@ impl Owner {
         now: Instant,
         stats: &mut Stats,
     ) -> Result<(u64, Bytes, Vec<ShardId>), ErrorCode> {
-        let t = Self::entry(&mut self.topics, self.drops, topic, limits)?;
+        let t = Self::entry(&mut self.topics, (&self.base, self.drops), topic, limits)?;
         let before = t.log.retained().1;
         if let Some(ttl) = limits.history_ttl {
             t.log.expire(now, ttl);
@@ -128,7 +155,7 @@ impl Owner {
         now: Instant,
         stats: &mut Stats,
     ) -> Result<Snapshot, ErrorCode> {
-        let t = Self::entry(&mut self.topics, self.drops, topic, limits)?;
+        let t = Self::entry(&mut self.topics, (&self.base, self.drops), topic, limits)?;
         let before = t.log.retained().1;
         if let Some(ttl) = limits.history_ttl {
             t.log.expire(now, ttl);
@@ -139,7 +166,7 @@ impl Owner {
         }
         let snapshot = Snapshot {
             last_seq: t.log.last_seq(),
-            incarnation: t.incarnation,
+            epoch: t.epoch.clone(),
             replay: since.map(|s| t.log.replay(s)),
         };
         let emptied = if t.log.is_empty() { t.age.take() } else { None };
@@ -318,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_budget_evicts_the_topic_published_to_longest_ago() {
-        let mut o = Owner::default();
+        let mut o = Owner::new(Arc::from("e"));
         let mut stats = Stats::default();
         let now = Instant::now();
         let one = crate::wire::reply::message("a", 1, b"1").len();
@@ -344,13 +371,13 @@ mod tests {
         let s = o
             .subscribe(&t("b"), 1, Some(1), &limits, now, &mut stats)
             .unwrap();
-        assert_eq!((s.last_seq, s.incarnation), (0, 1));
+        assert_eq!((s.last_seq, &*s.epoch), (0, "e.1"));
         assert_eq!(s.replay.unwrap().gap, Some(1), "since 1 is ahead: a gap");
     }
 
     #[test]
     fn the_ttl_expires_history_and_frees_idle_topics() {
-        let mut o = Owner::default();
+        let mut o = Owner::new(Arc::from("e"));
         let mut stats = Stats::default();
         let t0 = Instant::now();
         let limits = limits();
@@ -384,7 +411,7 @@ mod tests {
 
     #[test]
     fn max_topics_refuses_new_topics_only() {
-        let mut o = Owner::default();
+        let mut o = Owner::new(Arc::from("e"));
         let mut stats = Stats::default();
         let now = Instant::now();
         let limits = Limits {

@@ -118,6 +118,53 @@ pub enum Msg {
         topic: Arc<str>,
         code: ErrorCode,
     },
+    /// To the cluster backend, from a topic's owner: this node has
+    /// subscribers; send the topic's [`Head`] to `owner`, then every
+    /// message the cluster publishes to it, until [`Msg::Unwatch`].
+    Watch { topic: Arc<str>, owner: ShardId },
+    /// To the backend: this node has no subscriber to `topic` left.
+    Unwatch { topic: Arc<str> },
+    /// To the backend: the owner missed seqs after `after` of stream
+    /// `epoch`; answer with a [`Msg::Head`] carrying what the stream
+    /// retains after it (from its start if its epoch is another).
+    Fetch {
+        topic: Arc<str>,
+        epoch: Option<Arc<str>>,
+        after: u64,
+    },
+    /// From the backend: a message the cluster published (on any node).
+    Remote {
+        topic: Arc<str>,
+        epoch: Arc<str>,
+        seq: u64,
+        data: Bytes,
+    },
+    /// From the backend: where the topic's stream stands, or why the
+    /// backend cannot tell (`unavailable`).
+    Head {
+        topic: Arc<str>,
+        result: Result<Head, ErrorCode>,
+    },
+    /// From the owner to the shards with subscribers: the topic's stream
+    /// was reset under a new epoch (the cluster lost its state); what
+    /// follows continues from `last_seq`.
+    Reset {
+        topic: Arc<str>,
+        epoch: Arc<str>,
+        last_seq: u64,
+    },
+}
+
+/// A cluster topic's stream as the backend read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The stream's epoch: a new one means its seqs started again.
+    pub epoch: Arc<str>,
+    /// The last seq published to it (0: none yet).
+    pub last_seq: u64,
+    /// Retained messages after the seq asked for, oldest first: `(seq,
+    /// data)`.
+    pub entries: Vec<(u64, Bytes)>,
 }
 
 /// The owner's answer to a subscribe: where the topic stands now.
@@ -126,9 +173,9 @@ pub struct Snapshot {
     /// The last seq assigned when the subscription went live: every later
     /// one follows this answer on the same FIFO.
     pub last_seq: u64,
-    /// Which incarnation of the topic this is (see [`crate::Engine`]'s
-    /// epochs): 0 unless the owner has dropped topics before creating it.
-    pub incarnation: u64,
+    /// The epoch of the topic's stream (see [`crate::Engine::epoch`]):
+    /// a client resuming from another epoch must start again.
+    pub epoch: Arc<str>,
     /// The retained messages after `since`, when one was given.
     pub replay: Option<Replay>,
 }

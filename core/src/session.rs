@@ -88,7 +88,7 @@ pub(crate) struct Session {
     /// The reader must not hand over another command yet.
     pub waiting: bool,
     /// HTTP transports: a held poll's messages and `gap` notice, the
-    /// subscription's refusal, and the topic's incarnation for the epoch.
+    /// subscription's refusal, and the topic's epoch.
     pub poll: Vec<Bytes>,
     pub poll_bytes: usize,
     pub poll_gap: Option<Bytes>,
@@ -100,7 +100,7 @@ pub(crate) struct Session {
     /// Its command rate, and the commands refused for it in a row.
     pub bucket: Bucket,
     pub strikes: u32,
-    pub incarnation: Option<u64>,
+    pub epoch: Option<std::sync::Arc<str>>,
 }
 
 impl Session {
@@ -123,7 +123,7 @@ impl Session {
             token_due: None,
             bucket: Bucket::default(),
             strikes: 0,
-            incarnation: None,
+            epoch: None,
         }
     }
 

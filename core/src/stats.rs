@@ -35,4 +35,11 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Commands and publishes refused by a rate limit.
     pub rate_limited: u64,
+    /// Cluster: messages received twice from the backend and dropped.
+    pub cluster_duplicates: u64,
+    /// Cluster: fills asked of the backend (a seq was missing).
+    pub cluster_fills: u64,
+    /// Cluster: topic streams found under a new epoch (the backend lost
+    /// their state); their subscribers got `reset`.
+    pub cluster_resets: u64,
 }

@@ -124,6 +124,16 @@ impl TopicLog {
         (self.history.len(), self.bytes)
     }
 
+    /// A log of a stream that already ran to `last_seq` elsewhere (a
+    /// cluster topic's stream): nothing up to it is retained here.
+    pub fn starting_at(last_seq: u64) -> Self {
+        TopicLog {
+            last_seq,
+            unretained: last_seq,
+            ..Self::new()
+        }
+    }
+
     /// Assigns the next seq, encodes the message frame once, retains it
     /// within `limits`, and returns both.
     pub fn publish(
@@ -133,7 +143,26 @@ impl TopicLog {
         limits: HistoryLimits,
         now: Instant,
     ) -> (u64, Bytes) {
-        self.last_seq += 1;
+        let seq = self.last_seq + 1;
+        (seq, self.append(seq, topic, data, limits, now))
+    }
+
+    /// Records message `seq` (after the last one) that was numbered
+    /// elsewhere; returns its frame. Seqs skipped on the way are gone: a
+    /// replay across them reports the gap.
+    pub fn append(
+        &mut self,
+        seq: u64,
+        topic: &str,
+        data: &[u8],
+        limits: HistoryLimits,
+        now: Instant,
+    ) -> Bytes {
+        debug_assert!(seq > self.last_seq, "seq {seq} after {}", self.last_seq);
+        if seq > self.last_seq + 1 {
+            self.unretained = seq - 1;
+        }
+        self.last_seq = seq;
         let frame = reply::message(topic, self.last_seq, data);
         if limits.max_messages > 0 && frame.len() <= limits.max_bytes {
             self.history.push_back(Retained {
@@ -150,7 +179,16 @@ impl TopicLog {
             // seq live on), but replays from before this seq report a gap.
             self.unretained = self.last_seq;
         }
-        (self.last_seq, frame)
+        frame
+    }
+
+    /// The stream went on to `seq` without this log seeing the messages
+    /// (they are gone): later replays from before it report the gap.
+    pub fn skip_to(&mut self, seq: u64) {
+        if seq > self.last_seq {
+            self.last_seq = seq;
+            self.unretained = seq;
+        }
     }
 
     fn pop_oldest(&mut self) -> usize {

@@ -515,7 +515,10 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
         ),
         (_, "/") => reject(shard, conn, HttpError::MethodNotAllowed(GET_HEAD)),
         ("GET", "/metrics") => {
-            let body = metrics::render(shard.shared.metrics());
+            let mut body = metrics::render(shard.shared.metrics());
+            if let Some(c) = shard.shared.cluster() {
+                c.render(&mut body);
+            }
             respond(
                 shard,
                 conn,
@@ -548,9 +551,22 @@ async fn route(shard: &Rc<Shard>, conn: &Rc<Conn>, req: Request, buf: &mut Bytes
     }
 }
 
-/// `GET /healthz`: 200 once every shard is serving.
+/// `GET /healthz`: 200 once every shard is serving; in a cluster whose
+/// Redis does not answer, still 200 (subscribers stay served) but the
+/// body says "degraded" and why.
 fn healthz(shard: &Shard, conn: &Conn, keep: bool) -> Next {
-    if shard.shared.all_ready() {
+    let degraded = shard.shared.cluster().filter(|c| !c.is_up());
+    if let (true, Some(c)) = (shard.shared.all_ready(), degraded) {
+        let body = format!("degraded: redis: {}\n", c.why_down());
+        respond(
+            shard,
+            conn,
+            keep,
+            200,
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+        )
+    } else if shard.shared.all_ready() {
         respond(shard, conn, keep, 200, "text/plain; charset=utf-8", b"ok\n")
     } else {
         respond(
@@ -654,7 +670,7 @@ pub(super) fn json_error_after(
     retry: Option<f64>,
 ) -> Next {
     let status = match code {
-        ErrorCode::Limit | ErrorCode::Overloaded => 503,
+        ErrorCode::Limit | ErrorCode::Overloaded | ErrorCode::Unavailable => 503,
         ErrorCode::Unauthorized => 401,
         ErrorCode::Forbidden => 403,
         ErrorCode::RateLimited => 429,
@@ -663,7 +679,7 @@ pub(super) fn json_error_after(
     let frame = reply::error(code, message, &None);
     let retry = match code {
         // An overloaded or rate-limited broker says when to come back.
-        ErrorCode::Overloaded | ErrorCode::RateLimited => {
+        ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable => {
             Some(format!("{}", retry.unwrap_or(1.0).ceil().max(1.0) as u64))
         }
         _ => None,

@@ -62,6 +62,8 @@ pub struct Shared {
     ready: AtomicUsize,
     /// One block per shard, written only by that shard.
     metrics: Box<[ShardMetrics]>,
+    /// `--redis`: the Redis thread's health and counters.
+    cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }
 
 impl Shared {
@@ -71,6 +73,11 @@ impl Shared {
 
     pub fn metrics(&self) -> &[ShardMetrics] {
         &self.metrics
+    }
+
+    /// In a cluster, the Redis thread's health and counters.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterStats> {
+        self.cluster.as_deref()
     }
 
     /// This instance's epoch, sent in `subscribed`.
@@ -169,11 +176,31 @@ pub fn start(config: Config) -> Result<Server, Error> {
         metrics: (0..config.shards)
             .map(|_| ShardMetrics::default())
             .collect(),
+        cluster: config
+            .redis
+            .as_ref()
+            .map(|_| Arc::new(crate::cluster::ClusterStats::default())),
     });
     let (tx, rx) = watch::channel(false);
-    let inboxes = mesh::Mesh::<ringcast_core::Msg>::inboxes(config.shards);
+    // In a cluster the Redis thread is one more endpoint of the mesh, at
+    // index `shards`.
+    let endpoints = config.shards + usize::from(config.redis.is_some());
+    let inboxes = mesh::Mesh::<ringcast_core::Msg>::inboxes(endpoints);
+    let mut threads = Vec::with_capacity(endpoints);
+    if let (Some(url), Some(stats)) = (&config.redis, &shared.cluster) {
+        let placement = ringcast_core::Placement::new(config.shards, shared.placement_seed);
+        let thread = crate::cluster::start(
+            &config,
+            url,
+            placement,
+            inboxes.clone(),
+            stats.clone(),
+            rx.clone(),
+        )
+        .map_err(Error::Config)?;
+        threads.push(thread);
+    }
     let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
-    let mut threads = Vec::with_capacity(config.shards);
     for (id, l) in listeners.into_iter().enumerate() {
         let (config, shared, rx, started) = (
             config.clone(),
@@ -205,7 +232,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         threads.push(thread);
     }
     drop(started_tx);
-    for _ in 0..threads.len() {
+    for _ in 0..config.shards {
         match started_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -524,6 +524,11 @@ pub async fn run(
         MeshRoute(mesh.clone()),
         Box::new(SharedPolicy(shared.policy().clone())),
     );
+    let engine = if shared.cluster().is_some() {
+        engine.with_backend()
+    } else {
+        engine
+    };
     let shard = Rc::new(Shard {
         id,
         policy: StaticPolicy {

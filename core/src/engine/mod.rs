@@ -33,6 +33,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 mod access;
+mod cluster;
 mod delivery;
 mod inspect;
 mod subscribe;
@@ -101,7 +102,7 @@ struct Local {
     requests: usize,
     /// The last seq received, to notice deliveries the mesh dropped.
     last_seq: u64,
-    incarnation: u64,
+    epoch: Arc<str>,
     subs: Slab<ConnId>,
 }
 
@@ -131,6 +132,10 @@ pub struct Engine<R> {
     route: R,
     auth: Box<dyn Authorizer>,
     owner: Owner,
+    /// In a cluster: the backend's place on the route, and the streams
+    /// this shard mirrors (its `owner` is then unused).
+    backend: Option<ShardId>,
+    mirrors: crate::mirror::Mirrors,
     local: HashMap<Arc<str>, Local, RandomState>,
     sessions: Slab<Session>,
     next_gen: u32,
@@ -164,7 +169,9 @@ impl<R: Route> Engine<R> {
             epoch: Arc::from(epoch),
             route,
             auth,
-            owner: Owner::default(),
+            owner: Owner::new(Arc::from(epoch)),
+            backend: None,
+            mirrors: Default::default(),
             local: HashMap::default(),
             sessions: Slab::new(),
             next_gen: 0,
@@ -212,11 +219,7 @@ impl<R: Route> Engine<R> {
     /// The epoch of a topic's incarnation: the process's epoch, with the
     /// incarnation after a dot once the owner has dropped topics.
     pub fn epoch(&self, incarnation: u64) -> String {
-        if incarnation == 0 {
-            self.epoch.to_string()
-        } else {
-            format!("{}.{incarnation}", self.epoch)
-        }
+        crate::owner::epoch_of(&self.epoch, incarnation).to_string()
     }
 
     /// What the runtime must do next.
@@ -525,13 +528,13 @@ impl<R: Route> Engine<R> {
                 None,
             )
         };
-        let owner = self.placement.owner(&topic);
+        let dst = self.publish_target(&topic);
         let msg = Msg::Publish {
             topic: topic.clone(),
             data,
             ack,
         };
-        if self.send_bounded(owner, msg).is_err() {
+        if self.send_bounded(dst, msg).is_err() {
             if let Some(t) = token {
                 self.pending.remove(t);
             }
@@ -590,8 +593,8 @@ impl<R: Route> Engine<R> {
             },
             None => Ack::None,
         };
-        let owner = self.placement.owner(&topic);
-        let result = self.send_bounded(owner, Msg::Publish { topic, data, ack });
+        let dst = self.publish_target(&topic);
+        let result = self.send_bounded(dst, Msg::Publish { topic, data, ack });
         if result.is_err() {
             if let Some(p) = pending {
                 self.pending.remove(p);
@@ -655,6 +658,37 @@ impl<R: Route> Engine<R> {
     }
 
     fn dispatch(&mut self, msg: Msg, now: Instant) {
+        if let Some(backend) = self.backend {
+            match msg {
+                Msg::Subscribe {
+                    topic,
+                    from,
+                    token,
+                    since,
+                } => {
+                    let waiter = crate::mirror::Waiter { from, token, since };
+                    return self.mirror_subscribe(backend, topic, waiter);
+                }
+                Msg::Unsubscribe { topic, from } => {
+                    return self.mirror_unsubscribe(backend, topic, from)
+                }
+                Msg::Remote {
+                    topic,
+                    epoch,
+                    seq,
+                    data,
+                } => return self.mirror_remote(backend, topic, epoch, seq, data, now),
+                Msg::Head { topic, result } => {
+                    return self.mirror_head(backend, topic, result, now)
+                }
+                other => return self.dispatch_local(other, now),
+            }
+        }
+        self.dispatch_local(msg, now)
+    }
+
+    /// What every shard handles alike, and an owner's work on one node.
+    fn dispatch_local(&mut self, msg: Msg, now: Instant) {
         match msg {
             Msg::Publish { topic, data, ack } => self.owner_publish(topic, data, ack, now),
             Msg::Subscribe {
@@ -689,6 +723,18 @@ impl<R: Route> Engine<R> {
                 let msg = publish_refusal(code, &topic);
                 self.reply_in_order(conn, reply::error(code, &msg, &None));
             }
+            Msg::Reset {
+                topic,
+                epoch,
+                last_seq,
+            } => self.local_reset(&topic, epoch, last_seq),
+            // For the backend, or from it to a cluster owner: a shard of
+            // one node never gets these.
+            Msg::Watch { .. }
+            | Msg::Unwatch { .. }
+            | Msg::Fetch { .. }
+            | Msg::Remote { .. }
+            | Msg::Head { .. } => debug_assert!(false, "not for a shard: {msg:?}"),
         }
     }
 
@@ -699,18 +745,7 @@ impl<R: Route> Engine<R> {
         let seq = match result {
             Ok((seq, frame, interested)) => {
                 self.stats.published += 1;
-                for dst in interested {
-                    let msg = Msg::Deliver {
-                        topic: topic.clone(),
-                        seq,
-                        frame: frame.clone(),
-                    };
-                    if self.send_bounded(dst, msg).is_err() {
-                        // Its subscribers hear of it with the next message
-                        // that gets through (`skipped`).
-                        self.stats.deliveries_dropped += 1;
-                    }
-                }
+                self.forward(&topic, seq, &frame, interested);
                 Ok(seq)
             }
             Err(code) => Err(code),
@@ -723,6 +758,22 @@ impl<R: Route> Engine<R> {
                 self.send_always(from, Msg::PubRefused { conn, topic, code })
             }
             _ => {}
+        }
+    }
+
+    /// Sends a message's frame to the shards with subscribers.
+    fn forward(&mut self, topic: &Arc<str>, seq: u64, frame: &Bytes, to: Vec<ShardId>) {
+        for dst in to {
+            let msg = Msg::Deliver {
+                topic: topic.clone(),
+                seq,
+                frame: frame.clone(),
+            };
+            if self.send_bounded(dst, msg).is_err() {
+                // Its subscribers hear of it with the next message that
+                // gets through (`skipped`).
+                self.stats.deliveries_dropped += 1;
+            }
         }
     }
 
@@ -746,7 +797,7 @@ impl<R: Route> Engine<R> {
         // Answered: whether or not its subscription went live, the poll no
         // longer waits (its owner's answer, when it comes, is stale).
         s.waiting = false;
-        s.incarnation = None;
+        s.epoch = None;
         (s.poll_gap.take(), std::mem::take(&mut s.poll))
     }
 
@@ -755,8 +806,7 @@ impl<R: Route> Engine<R> {
     /// had not come): the runtime must not guess one, since a wrong epoch
     /// makes a client drop its place and read the history twice.
     pub fn poll_epoch(&self, conn: ConnId) -> Option<String> {
-        let incarnation = self.session(conn)?.incarnation?;
-        Some(self.epoch(incarnation))
+        Some(self.session(conn)?.epoch.as_deref()?.to_string())
     }
 }
 /// A connection's session in `sessions`, if it is still that connection.
@@ -777,6 +827,9 @@ fn publish_refusal(code: ErrorCode, topic: &str) -> String {
     match code {
         ErrorCode::Limit => format!("cannot publish to {topic}: too many topics"),
         ErrorCode::Overloaded => format!("cannot publish to {topic} now: the broker is overloaded"),
+        ErrorCode::Unavailable => {
+            format!("cannot publish to {topic} now: the cluster backend is unavailable")
+        }
         _ => format!("cannot publish to {topic}"),
     }
 }

@@ -81,7 +81,7 @@ impl<R: Route> Engine<R> {
         if entry.live && since.is_none() {
             // This shard already receives the topic: live at once.
             let slot = entry.subs.insert(conn);
-            let incarnation = entry.incarnation;
+            let epoch = entry.epoch.clone();
             self.stats.subscriptions += 1;
             if let Some(s) = self.session_mut(conn) {
                 s.subs.push(Sub {
@@ -89,7 +89,7 @@ impl<R: Route> Engine<R> {
                     state: SubState::Live(slot),
                 });
             }
-            self.send_subscribed(conn, &key, &id, incarnation);
+            self.send_subscribed(conn, &key, &id, epoch);
             return;
         }
         entry.requests += 1;
@@ -150,7 +150,7 @@ impl<R: Route> Engine<R> {
             if !entry.live {
                 entry.live = true;
                 entry.last_seq = snap.last_seq;
-                entry.incarnation = snap.incarnation;
+                entry.epoch = snap.epoch.clone();
             }
         }
         if let Ok(snap) = &result {
@@ -166,6 +166,12 @@ impl<R: Route> Engine<R> {
                 }
                 let msg = match code {
                     ErrorCode::Limit => format!("cannot subscribe to {topic}: too many topics"),
+                    ErrorCode::Unavailable => format!(
+                        "cannot subscribe to {topic} now: the cluster backend is unavailable"
+                    ),
+                    ErrorCode::Overloaded => {
+                        format!("cannot subscribe to {topic} now: the broker is overloaded")
+                    }
                     _ => format!("cannot subscribe to {topic}"),
                 };
                 self.refuse(conn, code, &msg, &id);
@@ -264,7 +270,7 @@ impl<R: Route> Engine<R> {
             return;
         }
         let transport = s.transport;
-        self.send_subscribed(conn, topic, &id, snap.incarnation);
+        self.send_subscribed(conn, topic, &id, snap.epoch);
         let Some(replay) = snap.replay else {
             return;
         };
@@ -315,13 +321,12 @@ impl<R: Route> Engine<R> {
         conn: ConnId,
         topic: &str,
         id: &Option<Id>,
-        incarnation: u64,
+        epoch: Arc<str>,
     ) {
-        let epoch = self.epoch(incarnation);
         let Some(s) = self.session_mut(conn) else {
             return;
         };
-        s.incarnation = Some(incarnation);
+        s.epoch = Some(epoch.clone());
         match s.transport {
             Transport::Sse => self.reply(conn, reply::sse_subscribed(topic, &epoch)),
             Transport::Poll => {}

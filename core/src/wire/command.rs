@@ -99,6 +99,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many commands or publishes per second; slow down.
     RateLimited,
+    /// The cluster backend (Redis) cannot be reached: nothing was done;
+    /// retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -115,6 +118,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

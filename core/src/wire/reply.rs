@@ -200,6 +200,22 @@ pub fn skipped(topic: &str, from: u64, to: u64) -> Bytes {
     finish(out)
 }
 
+/// `{"op":"reset","topic":T,"epoch":E,"last_seq":N}`: a cluster topic's
+/// stream started again under epoch `E` (its backend lost its state): the
+/// seqs that follow continue from `N`, and what the client had resumed
+/// from means nothing any more.
+pub fn reset(topic: &str, epoch: &str, last_seq: u64) -> Bytes {
+    let mut out = begin(64 + topic.len() + epoch.len());
+    out.put_slice(b"{\"op\":\"reset\",\"topic\":\"");
+    out.put_slice(topic.as_bytes());
+    out.put_slice(b"\",\"epoch\":\"");
+    out.put_slice(epoch.as_bytes());
+    out.put_slice(b"\",\"last_seq\":");
+    put_u64(&mut out, last_seq);
+    out.put_u8(b'}');
+    finish(out)
+}
+
 /// `{"op":"error","code":C,"message":M,"id":...}`
 pub fn error(code: ErrorCode, message: &str, id: &Option<Id>) -> Bytes {
     let mut out = begin(48 + message.len());
@@ -249,6 +265,11 @@ pub fn sse_subscribed(topic: &str, epoch: &str) -> Bytes {
 /// The SSE form of [`skipped`].
 pub fn sse_skipped(topic: &str, from: u64, to: u64) -> Bytes {
     sse(b"event: skipped", &skipped(topic, from, to))
+}
+
+/// The SSE form of [`reset`].
+pub fn sse_reset(topic: &str, epoch: &str, last_seq: u64) -> Bytes {
+    sse(b"event: reset", &reset(topic, epoch, last_seq))
 }
 
 /// An SSE comment line: keeps proxies and the browser from timing out.

@@ -183,7 +183,7 @@ fn msg_name(m: &Msg) -> String {
             result,
         } => format!(
             "SubAck({topic}, t{token}, {:?})",
-            result.as_ref().map(|s| (s.last_seq, s.incarnation))
+            result.as_ref().map(|s| (s.last_seq, s.epoch.to_string()))
         ),
         Msg::PubAck { token, result } => format!("PubAck(t{token}, {result:?})"),
         Msg::PubRefused { topic, code, .. } => format!("PubRefused({topic}, {code:?})"),
