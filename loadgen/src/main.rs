@@ -18,10 +18,16 @@
 //!
 //! Layout: `transport/` (how to reach the broker, and the byte counts),
 //! `proto.rs` (the wire contract's JSON), `stats.rs` (histograms, seq
-//! accounting), `sys.rs` (/proc, rusage, rlimit), `report/` (JSON, CSV and
-//! the human tables), `plot.rs` (the SVG).
+//! accounting), `sys.rs` (/proc, rusage, rlimit), `procs.rs` (the watched
+//! processes: brokers, Redis), `report/` (JSON, CSV and the human tables),
+//! `plot.rs` (the SVG).
+//!
+//! It drives one broker or a cluster of them (`--broker` given several
+//! times: subscribers round robin over the nodes, publishers on other
+//! nodes), wherever they run.
 
 mod plot;
+mod procs;
 mod proto;
 mod report;
 mod scenario;
@@ -48,12 +54,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "ringcast-loadgen",
     version,
-    about = "Load generator for ringcast (loopback only)"
+    about = "Load generator for ringcast: one broker or a cluster, on this machine or across \
+             a network"
 )]
 struct Cli {
-    /// The broker's base URL (`http://HOST:PORT`; WebSocket on `/ws`).
-    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
-    broker: String,
+    /// A broker's base URL (`http://HOST:PORT`, any host name or address;
+    /// WebSocket on `/ws`). Give it once per node of a cluster: subscriber
+    /// i connects to broker i mod N.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        global = true,
+        value_name = "URL"
+    )]
+    broker: Vec<String>,
+    /// Where publishers connect (repeatable; publisher p uses the p mod M
+    /// -th). Default: publisher p uses --broker (p+1) mod N, a node other
+    /// than subscriber p's when there are two or more.
+    #[arg(long, global = true, value_name = "URL")]
+    publish_broker: Vec<String>,
     /// Transport the subscribers use (`compare` runs each in turn).
     #[arg(long, value_enum, default_value_t = Transport::Ws, global = true)]
     transport: Transport,
@@ -80,12 +99,20 @@ struct Cli {
     /// curves and bytes and CPU per delivered message, per transport.
     #[arg(long, global = true, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
-    /// The broker's process id: report its CPU (from /proc/PID/stat) and
-    /// resident memory (/proc/PID/status) over the measured window.
-    #[arg(long, global = true)]
-    broker_pid: Option<u32>,
+    /// A broker's process id (repeatable, one per node on this host):
+    /// report its CPU (from /proc/PID/stat) and resident memory
+    /// (/proc/PID/status) over the measured window.
+    #[arg(long, global = true, value_name = "PID")]
+    broker_pid: Vec<u32>,
+    /// Another process to report the CPU of, e.g. `redis=1234`
+    /// (repeatable); with the brokers it makes the cluster's CPU per
+    /// delivery.
+    #[arg(long, global = true, value_name = "NAME=PID", value_parser = procs::parse_named_pid)]
+    pid: Vec<(String, u32)>,
     /// Local source addresses, comma-separated, used round robin (e.g.
-    /// 127.0.0.2,127.0.0.3): each gives another ephemeral port range.
+    /// 127.0.0.2,127.0.0.3): each gives another ephemeral port range. Each
+    /// must be an address of this machine; a loopback one reaches only
+    /// loopback brokers.
     #[arg(long, value_delimiter = ',', global = true)]
     source_ips: Vec<IpAddr>,
     /// A credential (a JWT, or for HTTP publishes an API key) every
@@ -130,15 +157,54 @@ fn emit<R: Serialize + std::fmt::Display>(json: bool, r: &R) {
     }
 }
 
-fn run(cli: Cli) -> Result<bool, String> {
-    for ip in &cli.source_ips {
-        if !ip.is_loopback() {
+/// At most this many `--broker` (and, apart, `--publish-broker`) URLs.
+const MAX_BROKERS: usize = 256;
+
+/// Parses and resolves every URL of `flag`.
+fn endpoints(flag: &str, urls: &[String]) -> Result<Vec<Endpoint>, String> {
+    if urls.len() > MAX_BROKERS {
+        return Err(format!(
+            "at most {MAX_BROKERS} {flag} URLs, got {}",
+            urls.len()
+        ));
+    }
+    urls.iter().map(|u| Endpoint::parse(flag, u)).collect()
+}
+
+/// Every source address must be one of this machine's, and every broker
+/// reachable from it (same address family; a loopback source reaches only
+/// loopback addresses).
+fn check_sources(sources: &[IpAddr], brokers: &[&Endpoint]) -> Result<(), String> {
+    for &ip in sources {
+        if let Err(e) = std::net::TcpListener::bind((ip, 0)) {
             return Err(format!(
-                "--source-ips {ip} is not a loopback address; this load generator only runs on \
-                 the local machine"
+                "--source-ips {ip}: cannot bind it ({e}); is it an address of this machine?"
+            ));
+        }
+        if let Some(ep) = brokers
+            .iter()
+            .find(|ep| ep.reachable_from(Some(ip)).next().is_none())
+        {
+            return Err(format!(
+                "--source-ips {ip} cannot reach {} ({}): {}",
+                ep.url,
+                ep.addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if ep.addrs.iter().all(|a| a.is_ipv4() != ip.is_ipv4()) {
+                    "another address family"
+                } else {
+                    "a loopback source reaches loopback addresses only"
+                }
             ));
         }
     }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
     // Zero would make a poller ask again at once, in a busy loop.
     for (flag, d) in [
         ("--poll-hold", cli.poll_hold),
@@ -151,15 +217,24 @@ fn run(cli: Cli) -> Result<bool, String> {
     if cli.token.as_deref() == Some("") {
         return Err("--token is empty".into());
     }
+    let brokers = endpoints("--broker", &cli.broker)?;
+    let publish_brokers = endpoints("--publish-broker", &cli.publish_broker)?;
+    check_sources(
+        &cli.source_ips,
+        &brokers.iter().chain(&publish_brokers).collect::<Vec<_>>(),
+    )?;
+    let procs = procs::watched(&cli.broker_pid, &cli.pid)?;
+    // A process that is not there fails the run now, not after setup.
+    procs::sample(&procs)?;
     let common = Common {
-        endpoint: Endpoint::parse(&cli.broker)?,
-        broker_url: cli.broker.clone(),
+        brokers,
+        publish_brokers,
         transport: cli.transport,
         publish_via: cli.publish_via,
         poll_hold: cli.poll_hold,
         poll_interval: cli.poll_interval,
         source_ips: cli.source_ips,
-        broker_pid: cli.broker_pid,
+        procs,
         connect_timeout: cli.connect_timeout,
         setup_timeout: cli.setup_timeout,
         json: cli.json,

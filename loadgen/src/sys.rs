@@ -1,5 +1,5 @@
 //! The operating-system facts a run reports: the host clock, our own CPU,
-//! the broker's CPU and memory from `/proc`, and the file-descriptor limit.
+//! other processes' CPU and memory from `/proc`, and the file-descriptor limit.
 
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ pub fn raise_nofile() -> libc::rlim_t {
     lim.rlim_cur
 }
 
-/// A snapshot of another process (the broker) from `/proc/PID`.
+/// A snapshot of another process (a broker, Redis) from `/proc/PID`.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {
     pub cpu: Duration,
@@ -72,13 +72,15 @@ pub struct ProcSample {
 }
 
 impl ProcSample {
-    pub fn read(pid: u32) -> Result<ProcSample, String> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_err(|e| format!("--broker-pid {pid}: cannot read /proc/{pid}/stat: {e}"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| format!("--broker-pid {pid}: cannot read /proc/{pid}/status: {e}"))?;
+    /// `flag` names the option that asked for `pid`, for the error.
+    pub fn read(pid: u32, flag: &str) -> Result<ProcSample, String> {
+        let read = |file: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|e| format!("{flag}: cannot read /proc/{pid}/{file}: {e}"))
+        };
+        let (stat, status) = (read("stat")?, read("status")?);
         let ticks = parse_stat_cpu_ticks(&stat)
-            .ok_or_else(|| format!("--broker-pid {pid}: unexpected /proc/{pid}/stat format"))?;
+            .ok_or_else(|| format!("{flag}: unexpected /proc/{pid}/stat format"))?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Ok(ProcSample {
@@ -108,30 +110,6 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// Broker resource use over a measured window.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct BrokerUsage {
-    pub pid: u32,
-    pub cpu_seconds: f64,
-    /// CPU seconds / wall seconds (1.0 = one core busy).
-    pub cpu_utilization: f64,
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
-}
-
-impl BrokerUsage {
-    pub fn between(pid: u32, a: &ProcSample, b: &ProcSample, wall: Duration) -> BrokerUsage {
-        let cpu = b.cpu.saturating_sub(a.cpu).as_secs_f64();
-        BrokerUsage {
-            pid,
-            cpu_seconds: cpu,
-            cpu_utilization: cpu / wall.as_secs_f64().max(1e-9),
-            rss_before_kib: a.rss_kib,
-            rss_after_kib: b.rss_kib,
-        }
-    }
 }
 
 /// The whole host's CPU time, from the first line of `/proc/stat`.
@@ -173,15 +151,16 @@ pub fn parse_host_stat(stat: &str) -> Option<HostSample> {
 }
 
 /// How busy the host was over a window, and how much of that was neither
-/// the broker nor the load generator: a measurement taken while other work
+/// a watched process (`--broker-pid`, `--pid`) nor the load generator: a measurement taken while other work
 /// ran is noisy, and the report says so.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct HostUsage {
     pub cpus: usize,
     /// Cores' worth of busy time, all processes.
     pub busy_cores: f64,
-    /// `busy_cores` minus the broker and the load generator (only
-    /// meaningful with `--broker-pid`).
+    /// `busy_cores` minus the watched processes and the load generator
+    /// (only meaningful with `--broker-pid`, and `--pid` for the rest of a
+    /// cluster on this host).
     pub other_cores: f64,
 }
 
@@ -232,7 +211,7 @@ mod tests {
 
     #[test]
     fn own_process_is_readable() {
-        let me = ProcSample::read(std::process::id()).unwrap();
+        let me = ProcSample::read(std::process::id(), "--pid me").unwrap();
         assert!(me.rss_kib > 0);
         assert!(mono_ns() > 0);
         assert!(raise_nofile() > 0);

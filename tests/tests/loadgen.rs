@@ -1,7 +1,9 @@
 //! The load generator against the real broker: a short `compare` run that
 //! must deliver every message exactly once on every transport, its output
-//! formats, and what it does when the broker is unreachable, closes, or
-//! disappears mid-run. Runs are a few seconds each and bounded.
+//! formats, what it does when the broker is unreachable, closes, or
+//! disappears mid-run, and driving several brokers (`--broker` repeated,
+//! `--publish-broker`) and reporting the CPU of other processes (`--pid`).
+//! Runs are a few seconds each, bounded, and on loopback.
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -316,13 +318,30 @@ fn a_broker_that_shuts_down_mid_run_fails_the_run_with_its_close_code() {
 
 #[test]
 fn bad_flags_are_clear_errors_before_any_connection() {
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 6] = [
         (
             "http://127.0.0.1:9",
             &["--poll-interval", "0s", "compare"],
             "--poll-interval must be",
         ),
-        ("http://10.1.2.3:80", &["fanout"], "not a loopback address"),
+        // Any broker address is accepted, but a loopback source address
+        // cannot reach a remote one.
+        (
+            "http://10.1.2.3:80",
+            &["--source-ips", "127.0.0.2", "fanout"],
+            "a loopback source reaches loopback addresses only",
+        ),
+        // A watched process that is not there fails before connecting.
+        (
+            "http://127.0.0.1:9",
+            &["--pid", "redis=4000000000", "fanout"],
+            "--pid redis=4000000000: cannot read /proc/4000000000/stat",
+        ),
+        (
+            "http://127.0.0.1:9",
+            &["--broker-pid", "1", "--pid", "init=1", "fanout"],
+            "process 1 is named twice",
+        ),
         ("http://127.0.0.1:9/ws", &["fanout"], "takes no path"),
         (
             "http://127.0.0.1:9",
@@ -339,4 +358,168 @@ fn bad_flags_are_clear_errors_before_any_connection() {
             "{args:?}: it tried to connect"
         );
     }
+}
+
+/// `--broker` given twice for one broker, under two names: subscribers
+/// alternate between them, each publisher goes to the other name than the
+/// subscriber of its index, the report says so, and every message arrives
+/// once, in order, whichever name its subscriber used.
+#[test]
+fn two_broker_urls_split_subscribers_and_publishers_and_lose_nothing() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let port = broker.addr.port();
+    let (a, b) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    );
+    let pid = broker.pid().to_string();
+    let run = finish(
+        Command::new(loadgen_binary())
+            .args(["--broker", &a, "--broker", &b, "--broker-pid", &pid])
+            .args(["--json", "--publish-via", "http", "compare"])
+            .args(["--transports", "ws,sse,long-poll", "--subs", "6"])
+            .args(["--topics", "2", "--publishers", "2", "--rate", "100"])
+            .args(["--duration", "1s", "--drain", "10s", "--pause", "100ms"])
+            .arg("--require-perfect")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringcast-loadgen"),
+    );
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    assert!(run.stderr.contains("to 2 brokers ("), "{}", run.stderr);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    for r in doc["transports"].as_array().unwrap() {
+        assert_perfect(r);
+        let name = r["transport"].as_str().unwrap();
+        let shares = r["brokers"].as_array().unwrap();
+        assert_eq!(shares.len(), 2, "{name}: {r}");
+        for (share, url) in shares.iter().zip([&a, &b]) {
+            assert_eq!(share["url"], url.as_str(), "{name}");
+            assert_eq!(share["subscribers"], 3, "{name}: {share}");
+            assert_eq!(share["publishers"], 1, "{name}: {share}");
+            let t = &share["totals"];
+            assert!(t["expected"].as_u64().unwrap() > 0, "{name}: {share}");
+            assert_eq!(t["delivered"], t["expected"], "{name}: {share}");
+            assert_eq!(t["lost"], 0, "{name}: {share}");
+        }
+        // One broker process, named twice: its CPU is the broker's.
+        assert_eq!(r["processes"][0]["name"], "broker", "{name}");
+        assert_eq!(r["broker"]["pids"][0], broker.pid(), "{name}");
+    }
+}
+
+/// Two independent brokers (no shared backend, so nothing crosses between
+/// them): subscriber 0 on A (topic 0), subscriber 1 on B (topic 1). The
+/// publisher goes to the node after subscriber 0's, B, so only B's
+/// subscriber gets its topic; with `--publish-broker A` only A's does.
+/// That shows where each transport connected, subscribers and publishers.
+#[test]
+fn every_transport_connects_where_the_assignment_says() {
+    let (a, b) = (
+        Broker::start(&["--shards", "1"]),
+        Broker::start(&["--shards", "1"]),
+    );
+    let (url_a, url_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    for (publish_broker, publish_via, served) in [(None, "ws", 1), (Some(&url_a), "http", 0)] {
+        let mut cmd = Command::new(loadgen_binary());
+        cmd.args(["--broker", &url_a, "--broker", &url_b]);
+        if let Some(p) = publish_broker {
+            cmd.args(["--publish-broker", p]);
+        }
+        let run = finish(
+            cmd.args(["--json", "--publish-via", publish_via, "compare"])
+                .args(["--subs", "2", "--topics", "2", "--rate", "40"])
+                .args([
+                    "--duration",
+                    "500ms",
+                    "--drain",
+                    "500ms",
+                    "--pause",
+                    "100ms",
+                ])
+                .args(["--poll-interval", "20ms"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start ringcast-loadgen"),
+        );
+        assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+        let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+        let runs = doc["transports"].as_array().unwrap();
+        assert_eq!(runs.len(), 4);
+        for r in runs {
+            let name = r["transport"].as_str().unwrap();
+            let shares = r["brokers"].as_array().unwrap();
+            assert_eq!(shares.len(), 2, "{name}: {r}");
+            for (i, share) in shares.iter().enumerate() {
+                assert_eq!(share["subscribers"], 1, "{name}: {share}");
+                assert_eq!(
+                    share["publishers"],
+                    u64::from(i == served),
+                    "{name}: {share}"
+                );
+                let t = &share["totals"];
+                let expected = t["expected"].as_u64().unwrap();
+                assert!(expected > 0, "{name}: {share}");
+                let want = if i == served { expected } else { 0 };
+                assert_eq!(t["delivered"], want, "{name} via {publish_via}: {share}");
+                assert_eq!(t["lost"], expected - want, "{name}: {share}");
+                assert_eq!(t["duplicated"], 0, "{name}: {share}");
+                assert_eq!(t["out_of_order"], 0, "{name}: {share}");
+            }
+        }
+    }
+}
+
+/// `--pid NAME=PID`: another process's CPU is in the report beside the
+/// broker's, and the sum of both is the cluster's.
+#[test]
+fn a_named_process_is_reported_with_the_cluster_sum() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let (bpid, spid) = (broker.pid().to_string(), sleeper.id().to_string());
+    let run = loadgen(
+        &broker,
+        &[
+            "--json",
+            "--broker-pid",
+            &bpid,
+            "--pid",
+            &format!("self={spid}"),
+            "fanout",
+            "--subs",
+            "4",
+            "--rate",
+            "100",
+            "--duration",
+            "500ms",
+            "--require-perfect",
+        ],
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    let r = &doc["transports"][0];
+    assert_perfect(r);
+    let procs = r["processes"].as_array().unwrap();
+    let names: Vec<&str> = procs.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["broker", "self"]);
+    let me = &procs[1];
+    assert_eq!(me["pid"].as_u64(), Some(u64::from(sleeper.id())));
+    assert_eq!(me["broker"], false);
+    for k in ["cpu_seconds", "busy_percent", "cpu_us_per_delivery"] {
+        assert!(me[k].as_f64().unwrap() >= 0.0, "{k}: {me}");
+    }
+    assert!(me["rss_after_kib"].as_u64().unwrap() > 0, "{me}");
+    let cluster = &r["cluster"];
+    assert_eq!(cluster["processes"], 2);
+    let sum: f64 = procs
+        .iter()
+        .map(|p| p["cpu_us_per_delivery"].as_f64().unwrap())
+        .sum();
+    let total = cluster["cpu_us_per_delivery"].as_f64().unwrap();
+    // (Half a second may be below the kernel's CPU tick: both may be 0.)
+    assert!((total - sum).abs() < 1e-6, "{total} vs {sum}");
 }

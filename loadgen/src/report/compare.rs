@@ -31,19 +31,41 @@ impl RunReport {
         self.failed.is_empty() && self.transports.iter().all(FanoutReport::perfect)
     }
 
+    /// The watched processes' names (the same for every transport of a
+    /// run), brokers first.
+    fn process_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &self.transports {
+            for p in &r.usage.processes {
+                if !names.contains(&p.name.as_str()) {
+                    names.push(&p.name);
+                }
+            }
+        }
+        names
+    }
+
     /// A header and one row per transport. Every field is a number or a
-    /// name without commas or quotes, so no quoting is needed.
+    /// name without commas or quotes, so no quoting is needed: the fixed
+    /// columns of [`CSV_HEADER`], then three per watched process
+    /// (`NAME.cpu_s`, `NAME.cpu_us_per_delivery`, `NAME.busy_percent`: the
+    /// dot keeps them apart from the fixed columns, and process names are
+    /// restricted to CSV-safe characters).
     pub fn csv(&self) -> String {
+        let names = self.process_names();
         let mut o = String::from(CSV_HEADER);
+        for n in &names {
+            let _ = write!(o, ",{n}.cpu_s,{n}.cpu_us_per_delivery,{n}.busy_percent");
+        }
         o.push('\n');
         for r in &self.transports {
             let t = &r.totals;
             let l = &r.latency;
             let w = &r.wire;
             let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
-            let _ = writeln!(
+            let _ = write!(
                 o,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.4},{:.2},{},{},{:.4}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.4},{:.2},{},{},{:.4},{}",
                 r.transport.name(),
                 r.publish_via.name(),
                 r.subs,
@@ -68,11 +90,74 @@ impl RunReport {
                 w.requests_per_delivery,
                 w.publisher_bytes_per_publish,
                 opt(r.broker_cpu_us_per_delivery),
-                r.broker.map(|b| b.rss_after_kib.to_string()).unwrap_or_default(),
+                r.usage
+                    .broker
+                    .as_ref()
+                    .map(|b| b.rss_after_kib.to_string())
+                    .unwrap_or_default(),
                 r.loadgen_cpu_us_per_delivery,
+                opt(r.usage.cluster.as_ref().and_then(|c| c.cpu.cpu_us_per_delivery)),
             );
+            for n in &names {
+                match r.usage.processes.iter().find(|p| p.name == *n) {
+                    Some(p) => {
+                        let _ = write!(
+                            o,
+                            ",{:.4},{},{:.2}",
+                            p.cpu.cpu_seconds,
+                            opt(p.cpu.cpu_us_per_delivery),
+                            p.cpu.busy_percent
+                        );
+                    }
+                    None => o.push_str(",,,"),
+                }
+            }
+            o.push('\n');
         }
         o
+    }
+
+    /// With more than one watched process (several brokers, Redis): CPU
+    /// per delivery and busy share of a core, per process and summed, a
+    /// row per transport.
+    fn processes_table(&self, o: &mut String) -> fmt::Result {
+        let names = self.process_names();
+        if names.len() < 2 {
+            return Ok(());
+        }
+        write!(o, "{:<11}", "CPU")?;
+        for n in names.iter().copied().chain(["cluster"]) {
+            write!(o, "{n:>22}")?;
+        }
+        writeln!(o)?;
+        for r in &self.transports {
+            write!(o, "{:<11}", r.transport.name())?;
+            let procs = names.iter().map(|n| {
+                r.usage
+                    .processes
+                    .iter()
+                    .find(|p| p.name == *n)
+                    .map(|p| p.cpu)
+            });
+            let cluster = r.usage.cluster.as_ref().map(|c| c.cpu);
+            for cell in procs.chain([cluster]) {
+                let text = match cell {
+                    Some(c) => format!(
+                        "{:.2} µs {:.1} %",
+                        c.cpu_us_per_delivery.unwrap_or(0.0),
+                        c.busy_percent
+                    ),
+                    None => "-".into(),
+                };
+                write!(o, "{text:>22}")?;
+            }
+            writeln!(o)?;
+        }
+        writeln!(
+            o,
+            "(CPU: per delivered message, and busy share of one core over the window, per \
+             --broker-pid and --pid process and their sum)"
+        )
     }
 }
 
@@ -80,7 +165,7 @@ pub const CSV_HEADER: &str = "transport,publish_via,subs,topics,rate,payload_byt
 published,expected,delivered,lost,duplicated,out_of_order,delivery_ratio,\
 p50_us,p90_us,p99_us,p999_us,max_us,down_bytes_per_delivery,up_bytes_per_delivery,\
 requests_per_delivery,publisher_bytes_per_publish,broker_cpu_us_per_delivery,\
-broker_rss_after_kib,loadgen_cpu_us_per_delivery";
+broker_rss_after_kib,loadgen_cpu_us_per_delivery,cluster_cpu_us_per_delivery";
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,6 +187,14 @@ impl fmt::Display for RunReport {
                 r.payload_bytes,
                 r.publish_via.name()
             )?;
+            if r.brokers.len() > 1 {
+                let split: Vec<String> = r
+                    .brokers
+                    .iter()
+                    .map(|b| format!("{} ({} subs, {} pubs)", b.url, b.subscribers, b.publishers))
+                    .collect();
+                writeln!(o, "brokers: {}", split.join(", "))?;
+            }
         }
         writeln!(
             o,
@@ -143,7 +236,9 @@ impl fmt::Display for RunReport {
                     .map(|v| format!("{v:.2}"))
                     .unwrap_or_else(|| "-".into()),
                 r.loadgen_cpu_us_per_delivery,
-                r.broker
+                r.usage
+                    .broker
+                    .as_ref()
                     .map(|b| fmt_kib(b.rss_after_kib))
                     .unwrap_or_else(|| "-".into()),
             )?;
@@ -152,13 +247,15 @@ impl fmt::Display for RunReport {
             o,
             "(latency: scheduled send -> delivery; B down/up and req: wire bytes and HTTP \
              requests per delivered message, heads and frame headers included; µs: CPU per \
-             delivered message; RSS: the broker's at the end{})",
-            if self.transports.iter().any(|r| r.broker.is_none()) {
+             delivered message; broker: every --broker-pid together; RSS: the broker's at the \
+             end{})",
+            if self.transports.iter().any(|r| r.usage.broker.is_none()) {
                 ", broker's only with --broker-pid"
             } else {
                 ""
             }
         )?;
+        self.processes_table(&mut o)?;
         for f in &self.failed {
             writeln!(
                 o,
@@ -202,7 +299,7 @@ impl fmt::Display for RunReport {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::sample;
+    use super::super::tests::{cluster_sample, sample};
     use super::*;
 
     fn two() -> RunReport {
@@ -253,7 +350,11 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
         let cols = lines[0].split(',').count();
-        assert_eq!(cols, 26);
+        assert_eq!(cols, 30, "27 fixed and 3 for the one broker process");
+        assert!(lines[0].ends_with(
+            ",cluster_cpu_us_per_delivery,broker.cpu_s,broker.cpu_us_per_delivery,\
+             broker.busy_percent"
+        ));
         for l in &lines[1..] {
             assert_eq!(l.split(',').count(), cols, "{l}");
         }
@@ -275,6 +376,52 @@ mod tests {
         assert_eq!(v["transports"][0]["wire"]["down_bytes_per_delivery"], 100.0);
         assert_eq!(v["transports"][0]["latency_curve"][1][0], 99.0);
         assert_eq!(v["failed"][0]["transport"], "sse");
+    }
+
+    #[test]
+    fn a_cluster_run_has_a_cpu_row_and_columns_per_process() {
+        let mut lp = cluster_sample();
+        lp.transport = Transport::LongPoll;
+        let r = RunReport {
+            scenario: "compare",
+            transports: vec![cluster_sample(), lp],
+            failed: Vec::new(),
+        };
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "brokers: http://127.0.0.1:8080 (1 subs, 0 pubs), http://127.0.0.1:8081 \
+                 (1 subs, 1 pubs)"
+            ),
+            "{text}"
+        );
+        let header = text.lines().find(|l| l.starts_with("CPU ")).expect(&text);
+        let cols: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(cols, ["CPU", "broker0", "broker1", "redis", "cluster"]);
+        // The main table's row comes first, then the CPU table's.
+        let row = text
+            .lines()
+            .filter(|l| l.starts_with("long-poll "))
+            .nth(1)
+            .expect(&text);
+        assert!(row.contains("600.00 µs 10.0 %"), "{row}");
+        assert!(row.ends_with("1050.00 µs 17.5 %"), "{row}");
+
+        let csv = r.csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        let header: Vec<&str> = lines[0].split(',').collect();
+        assert_eq!(header.len(), 27 + 3 * 3);
+        for l in &lines[1..] {
+            assert_eq!(l.split(',').count(), header.len(), "{l}");
+        }
+        let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+        let row: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(row[col("redis.cpu_s")], "0.1500");
+        assert_eq!(row[col("redis.cpu_us_per_delivery")], "150.0000");
+        assert_eq!(row[col("redis.busy_percent")], "2.50");
+        assert_eq!(row[col("broker1.busy_percent")], "5.00");
+        assert_eq!(row[col("cluster_cpu_us_per_delivery")], "1050.0000");
+        assert_eq!(row[col("broker_cpu_us_per_delivery")], "900.0000");
     }
 
     #[test]

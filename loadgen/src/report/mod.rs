@@ -7,8 +7,10 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use crate::procs::{Cpu, Usage};
+use crate::scenario::BrokerShare;
 use crate::stats::{LatencySummary, SeqCounts};
-use crate::sys::{BrokerUsage, HostUsage};
+use crate::sys::HostUsage;
 use crate::transport::{PublishVia, Transport, Wire};
 
 /// The load generator's own resource use over the measured window.
@@ -70,7 +72,9 @@ pub struct FanoutReport {
     /// Short polling: the interval between requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
-    pub broker_url: String,
+    /// The brokers used: subscribers and publishers on each, and how its
+    /// subscribers fared.
+    pub brokers: Vec<BrokerShare>,
     /// Every connection presented `--token`.
     pub token: bool,
     pub subs: usize,
@@ -105,7 +109,10 @@ pub struct FanoutReport {
     pub drain_complete: bool,
     /// Run start to end of drain: the window CPU is measured over.
     pub window_s: f64,
-    pub broker: Option<BrokerUsage>,
+    /// `processes` (each `--broker-pid` and `--pid`), `cluster` (their
+    /// sum) and `broker` (the brokers' sum), over the window.
+    #[serde(flatten)]
+    pub usage: Usage,
     pub broker_cpu_us_per_delivery: Option<f64>,
     pub loadgen_cpu_us_per_delivery: f64,
     pub loadgen: LoadgenUsage,
@@ -131,7 +138,7 @@ impl FanoutReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnsReport {
     pub transport: Transport,
-    pub broker_url: String,
+    pub brokers: Vec<BrokerShare>,
     /// Every connection presented `--token`.
     pub token: bool,
     pub conns: usize,
@@ -149,7 +156,8 @@ pub struct ConnsReport {
     pub subscribe: LatencySummary,
     /// CPU over the opening phase; RSS before the first connection and
     /// after `--settle`.
-    pub broker: Option<BrokerUsage>,
+    #[serde(flatten)]
+    pub usage: Usage,
     pub broker_rss_delta_per_conn_kib: Option<f64>,
     pub broker_cpu_us_per_conn: Option<f64>,
     pub loadgen: LoadgenUsage,
@@ -158,7 +166,8 @@ pub struct ConnsReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EchoReport {
-    pub broker_url: String,
+    /// Connection `i` went to `--broker` `i mod N`.
+    pub brokers: Vec<BrokerShare>,
     pub conns: usize,
     pub messages: usize,
     pub payload_bytes: usize,
@@ -208,23 +217,60 @@ fn latency_table(out: &mut String, title: &str, l: &LatencySummary) -> fmt::Resu
     )
 }
 
-fn broker_line(out: &mut String, b: &BrokerUsage, per: Option<(f64, &str)>) -> fmt::Result {
-    write!(
-        out,
-        "  broker (pid {})  cpu {:.2} s = {:.1} % of a core",
-        b.pid,
-        b.cpu_seconds,
-        b.cpu_utilization * 100.0
-    )?;
-    if let Some((v, unit)) = per {
-        write!(out, ", {v:.3} µs/{unit}")?;
+/// Which brokers took how many connections, and (`fanout`) how their
+/// subscribers fared. `subs` names what `subscribers` counts.
+fn brokers_lines(out: &mut String, shares: &[BrokerShare], subs: &str) -> fmt::Result {
+    for (k, b) in shares.iter().enumerate() {
+        write!(
+            out,
+            "  {:<17}{}: {} {subs}",
+            if k == 0 { "brokers" } else { "" },
+            b.url,
+            b.subscribers,
+        )?;
+        if b.publishers > 0 || subs == "subscribers" {
+            write!(out, ", {} publishers", b.publishers)?;
+        }
+        if let Some(t) = &b.totals {
+            write!(
+                out,
+                "; delivered {} of {}, lost/dup/ooo {} / {} / {}",
+                t.delivered, t.expected, t.lost, t.duplicated, t.out_of_order
+            )?;
+        }
+        writeln!(out)?;
     }
-    writeln!(
+    Ok(())
+}
+
+/// `label  cpu 1.23 s = 45.6 % of a core, 7.890 µs/unit`.
+fn cpu_text(out: &mut String, label: &str, c: &Cpu, unit: &str) {
+    let _ = write!(
         out,
-        "; RSS {} -> {}",
-        fmt_kib(b.rss_before_kib),
-        fmt_kib(b.rss_after_kib)
-    )
+        "  {label:<16} cpu {:.2} s = {:.1} % of a core",
+        c.cpu_seconds, c.busy_percent
+    );
+    if let Some(v) = c.per_unit() {
+        let _ = write!(out, ", {v:.3} µs/{unit}");
+    }
+}
+
+/// A line per watched process, then their sum when there are several.
+fn usage_lines(out: &mut String, u: &Usage, unit: &str) -> fmt::Result {
+    for p in &u.processes {
+        cpu_text(out, &format!("{} (pid {})", p.name, p.pid), &p.cpu, unit);
+        writeln!(
+            out,
+            "; RSS {} -> {}",
+            fmt_kib(p.rss_before_kib),
+            fmt_kib(p.rss_after_kib)
+        )?;
+    }
+    if let (Some(c), true) = (&u.cluster, u.processes.len() > 1) {
+        cpu_text(out, "cluster", &c.cpu, unit);
+        writeln!(out, " (the {} processes above)", c.processes)?;
+    }
+    Ok(())
 }
 
 fn host_line(out: &mut String, h: &Option<HostUsage>) -> fmt::Result {
@@ -275,6 +321,7 @@ impl fmt::Display for FanoutReport {
             self.duration_s,
             self.payload_bytes
         )?;
+        brokers_lines(&mut o, &self.brokers, "subscribers")?;
         writeln!(
             o,
             "  setup            {:.2} s to connect and subscribe everyone",
@@ -331,13 +378,7 @@ impl fmt::Display for FanoutReport {
             self.publish_via.name(),
             w.publisher_bytes_per_publish
         )?;
-        if let Some(b) = &self.broker {
-            broker_line(
-                &mut o,
-                b,
-                self.broker_cpu_us_per_delivery.map(|v| (v, "delivery")),
-            )?;
-        }
+        usage_lines(&mut o, &self.usage, "delivery")?;
         loadgen_line(&mut o, &self.loadgen)?;
         writeln!(
             o,
@@ -368,6 +409,7 @@ impl fmt::Display for ConnsReport {
             self.conns,
             self.topics
         )?;
+        brokers_lines(&mut o, &self.brokers, "connections")?;
         writeln!(
             o,
             "  source addresses {}  (RLIMIT_NOFILE {})",
@@ -385,9 +427,7 @@ impl fmt::Display for ConnsReport {
         )?;
         latency_table(&mut o, "handshake (connect + upgrade)", &self.handshake)?;
         latency_table(&mut o, "subscribe -> subscribed", &self.subscribe)?;
-        if let Some(b) = &self.broker {
-            broker_line(&mut o, b, self.broker_cpu_us_per_conn.map(|v| (v, "conn")))?;
-        }
+        usage_lines(&mut o, &self.usage, "conn")?;
         if let Some(d) = self.broker_rss_delta_per_conn_kib {
             writeln!(o, "  broker RSS       {d:.2} KiB per connection")?;
         }
@@ -405,6 +445,7 @@ impl fmt::Display for EchoReport {
             "echo: {} conns x {} msgs x {} B, window {}",
             self.conns, self.messages, self.payload_bytes, self.window
         )?;
+        brokers_lines(&mut o, &self.brokers, "echo connections")?;
         writeln!(
             o,
             "  verified   {} echoes in {:.2} s ({:.0} msg/s)",
@@ -417,7 +458,11 @@ impl fmt::Display for EchoReport {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::procs::{watched, Per};
+    use crate::sys::ProcSample;
 
     pub(crate) fn sample() -> FanoutReport {
         let lat = LatencySummary {
@@ -435,7 +480,17 @@ pub(crate) mod tests {
             publish_via: PublishVia::Ws,
             poll_hold_ms: None,
             poll_interval_ms: None,
-            broker_url: "http://127.0.0.1:1".into(),
+            brokers: vec![BrokerShare {
+                url: "http://127.0.0.1:1".into(),
+                subscribers: 2,
+                publishers: 1,
+                totals: Some(SeqCounts {
+                    expected: 10,
+                    delivered: 9,
+                    lost: 1,
+                    ..Default::default()
+                }),
+            }],
             token: false,
             subs: 2,
             topics: 1,
@@ -478,13 +533,19 @@ pub(crate) mod tests {
             drain_s: 5.0,
             drain_complete: false,
             window_s: 6.0,
-            broker: Some(BrokerUsage {
-                pid: 7,
-                cpu_seconds: 0.5,
-                cpu_utilization: 0.083,
-                rss_before_kib: 2048,
-                rss_after_kib: 20480,
-            }),
+            usage: Usage::between(
+                &crate::procs::watched(&[7], &[]).unwrap(),
+                &[ProcSample {
+                    cpu: Duration::ZERO,
+                    rss_kib: 2048,
+                }],
+                &[ProcSample {
+                    cpu: Duration::from_millis(500),
+                    rss_kib: 20480,
+                }],
+                Duration::from_secs(6),
+                Per::Delivery(9),
+            ),
             broker_cpu_us_per_delivery: Some(55_555.6),
             loadgen_cpu_us_per_delivery: 633_333.3,
             loadgen: LoadgenUsage {
@@ -538,12 +599,100 @@ pub(crate) mod tests {
         assert_eq!(v["transport"], "ws");
         assert_eq!(v["totals"]["lost"], 1);
         assert_eq!(v["latency"]["p999_us"], 1500.0);
-        assert_eq!(v["broker"]["pid"], 7);
+        assert_eq!(v["broker"]["pids"][0], 7);
+        assert_eq!(v["broker"]["cpu_seconds"], 0.5);
+        assert_eq!(v["processes"][0]["name"], "broker");
+        assert_eq!(v["cluster"]["processes"], 1);
+        assert_eq!(v["brokers"][0]["subscribers"], 2);
+        assert_eq!(v["brokers"][0]["totals"]["lost"], 1);
         assert!(v["loadgen"]["cpu_utilization"].as_f64().unwrap() > 0.9);
         let mut r = sample();
-        r.broker = None;
+        r.usage = Usage::default();
         r.broker_cpu_us_per_delivery = None;
         let v = serde_json::to_value(r).unwrap();
         assert!(v["broker"].is_null());
+        assert!(v["cluster"].is_null());
+        assert_eq!(v["processes"].as_array().unwrap().len(), 0);
+    }
+
+    /// Two brokers and Redis: a report as a cluster run gives it.
+    pub(crate) fn cluster_sample() -> FanoutReport {
+        let mut r = sample();
+        let procs = watched(&[7, 8], &[("redis".into(), 9)]).unwrap();
+        let at = |ms: u64, kib: u64| ProcSample {
+            cpu: Duration::from_millis(ms),
+            rss_kib: kib,
+        };
+        r.usage = Usage::between(
+            &procs,
+            &[at(0, 100), at(0, 200), at(0, 50)],
+            &[at(600, 100), at(300, 200), at(150, 50)],
+            Duration::from_secs(6),
+            Per::Delivery(1_000),
+        );
+        r.broker_cpu_us_per_delivery = Some(900.0);
+        r.brokers = vec![
+            BrokerShare {
+                url: "http://127.0.0.1:8080".into(),
+                subscribers: 1,
+                publishers: 0,
+                totals: Some(SeqCounts {
+                    expected: 5,
+                    delivered: 5,
+                    ..Default::default()
+                }),
+            },
+            BrokerShare {
+                url: "http://127.0.0.1:8081".into(),
+                subscribers: 1,
+                publishers: 1,
+                totals: Some(SeqCounts {
+                    expected: 5,
+                    delivered: 4,
+                    lost: 1,
+                    ..Default::default()
+                }),
+            },
+        ];
+        r
+    }
+
+    #[test]
+    fn a_cluster_report_names_every_broker_and_process() {
+        let text = cluster_sample().to_string();
+        assert!(
+            text.contains(
+                "  brokers          http://127.0.0.1:8080: 1 subscribers, 0 publishers; \
+                 delivered 5 of 5, lost/dup/ooo 0 / 0 / 0\n                   \
+                 http://127.0.0.1:8081: 1 subscribers, 1 publishers; delivered 4 of 5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  broker0 (pid 7)  cpu 0.60 s = 10.0 % of a core, 600.000 µs/delivery"),
+            "{text}"
+        );
+        assert!(text.contains("  broker1 (pid 8)  cpu 0.30 s"), "{text}");
+        assert!(
+            text.contains("  redis (pid 9)    cpu 0.15 s = 2.5 % of a core, 150.000 µs/delivery"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  cluster          cpu 1.05 s = 17.5 % of a core, 1050.000 µs/delivery \
+                 (the 3 processes above)"
+            ),
+            "{text}"
+        );
+        let v = serde_json::to_value(cluster_sample()).unwrap();
+        assert_eq!(v["processes"][2]["name"], "redis");
+        assert_eq!(v["processes"][2]["broker"], false);
+        let near = |v: &serde_json::Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-6;
+        assert!(near(&v["processes"][2]["cpu_us_per_delivery"], 150.0));
+        assert!(near(&v["processes"][2]["busy_percent"], 2.5));
+        assert!(near(&v["cluster"]["cpu_us_per_delivery"], 1050.0));
+        assert!(near(&v["cluster"]["busy_percent"], 17.5));
+        assert_eq!(v["broker"]["pids"], serde_json::json!([7, 8]));
+        assert!(near(&v["broker"]["cpu_seconds"], 0.9));
     }
 }

@@ -4,8 +4,9 @@
 //! the broker completes handshakes and subscriptions, and (with
 //! `--broker-pid`) how much resident memory each connection adds.
 //!
-//! Connections are spread over `--source-ips` round robin, so N can exceed
-//! one source address's ephemeral port range.
+//! Connections are spread over the `--broker`s round robin (connection `i`
+//! on broker `i % N`), and over `--source-ips` round robin, so N can
+//! exceed one source address's ephemeral port range.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,10 +17,11 @@ use ringcast_core::units::parse_duration;
 use tokio::sync::{watch, Semaphore};
 
 use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
+use crate::procs::{self, Per, Usage};
 use crate::proto::{self, Incoming};
 use crate::report::{ConnsReport, LoadgenUsage};
 use crate::stats::Latency;
-use crate::sys::{self, mono_ns, BrokerUsage, HostSample, HostUsage, ProcSample};
+use crate::sys::{self, mono_ns, HostSample, HostUsage};
 use crate::transport::{Result, SubConn};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -104,13 +106,13 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     let (note_tx, notes) = mpsc::channel();
     let (phase_tx, phase_rx) = watch::channel(Phase::Open);
 
-    let broker_before = common.broker_pid.map(ProcSample::read).transpose()?;
+    let procs_before = procs::sample(&common.procs)?;
     let cpu_before = sys::self_cpu();
     let host_before = HostSample::read();
     common.progress(format!(
         "conns: opening {} connections to {} from {}, each subscribed to one of {} topics",
         args.conns,
-        common.broker_url,
+        common.brokers_text(),
         if common.source_ips.is_empty() {
             "the default source address".to_string()
         } else {
@@ -148,7 +150,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     }
     let opened = started.elapsed();
     let cpu_open = sys::self_cpu().saturating_sub(cpu_before);
-    let broker_open = common.broker_pid.map(ProcSample::read).transpose()?;
+    let procs_open = procs::sample(&common.procs)?;
     let host_open = HostSample::read();
     common.progress(format!(
         "conns: {} connections subscribed in {:.2} s; settling {:?}",
@@ -157,7 +159,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
         args.settle
     ));
     std::thread::sleep(args.settle);
-    let broker_after = common.broker_pid.map(ProcSample::read).transpose()?;
+    let procs_after = procs::sample(&common.procs)?;
     let loadgen_rss = sys::self_max_rss_kib();
     if !args.hold.is_zero() {
         common.progress(format!("conns: holding for {:?}", args.hold));
@@ -187,25 +189,22 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     }
 
     let secs = |ns: u64| (ns.saturating_sub(t0)) as f64 / 1e9;
-    let broker = match (common.broker_pid, broker_before, broker_open, broker_after) {
-        (Some(pid), Some(b), Some(o), Some(a)) => {
-            let mut u = BrokerUsage::between(pid, &b, &o, opened);
-            u.rss_after_kib = a.rss_kib;
-            Some(u)
-        }
-        _ => None,
-    };
+    let usage = Usage::between(
+        &common.procs,
+        &procs_before,
+        &procs_open,
+        opened,
+        Per::Conn(args.conns as u64),
+    )
+    .with_rss_after(&procs_after);
+    let broker = usage.broker.clone();
     let loadgen_util = cpu_open.as_secs_f64() / opened.as_secs_f64().max(1e-9);
-    let host = host_before.zip(host_open).map(|(a, b)| {
-        HostUsage::between(
-            &a,
-            &b,
-            loadgen_util + broker.map_or(0.0, |b| b.cpu_utilization),
-        )
-    });
+    let host = host_before
+        .zip(host_open)
+        .map(|(a, b)| HostUsage::between(&a, &b, loadgen_util + usage.cores()));
     Ok(ConnsReport {
         transport: common.transport,
-        broker_url: common.broker_url.clone(),
+        brokers: common.shares(args.conns, 0),
         token: common.token.is_some(),
         conns: args.conns,
         topics: args.topics,
@@ -217,9 +216,10 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
         handshake: handshake.summary(),
         subscribe: subscribe.summary(),
         broker_rss_delta_per_conn_kib: broker
+            .as_ref()
             .map(|b| (b.rss_after_kib as f64 - b.rss_before_kib as f64) / args.conns as f64),
         broker_cpu_us_per_conn: broker.map(|b| b.cpu_seconds * 1e6 / args.conns as f64),
-        broker,
+        usage,
         loadgen: LoadgenUsage {
             cpu_seconds: cpu_open.as_secs_f64(),
             cpu_utilization: loadgen_util,

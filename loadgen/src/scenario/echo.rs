@@ -1,6 +1,7 @@
 //! `echo`: closed-loop round trips against `/echo`, every byte verified.
 //! N connections each send M binary messages with up to `window` in
-//! flight; checks the broker's echo path (not pub/sub).
+//! flight; checks the broker's echo path (not pub/sub). Connection `i`
+//! goes to `--broker` `i % N`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -59,7 +60,7 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
     .map_err(|_| "the echo thread panicked".to_string())??;
     let secs = start.elapsed().as_secs_f64();
     Ok(EchoReport {
-        broker_url: common.broker_url.clone(),
+        brokers: common.shares(args.conns, 0),
         conns: args.conns,
         messages: args.messages,
         payload_bytes: args.payload,
@@ -78,7 +79,7 @@ async fn echo_conn(
     rtt: &RefCell<Latency>,
 ) -> Result<u64> {
     let opts = common.connect_opts(i, 64 * 1024);
-    let mut c = WsClient::connect(&common.endpoint, "/echo", &opts).await?;
+    let mut c = WsClient::connect(common.sub_endpoint(i), "/echo", &opts).await?;
     let body: Vec<u8> = (0..args.payload).map(|i| b'a' + (i % 26) as u8).collect();
     let window = args.window.max(1);
     let mut sent_at = VecDeque::with_capacity(window);

@@ -3,8 +3,10 @@
 //!
 //! Timeline (the main thread drives it):
 //!
-//! 1. *Setup*: subscriber `i` connects and subscribes to topic `i % T`;
-//!    publishers connect. Nothing is published before every subscriber has
+//! 1. *Setup*: subscriber `i` connects to broker `i % N` (of the
+//!    `--broker` list) and subscribes to topic `i % T`; publisher `p`
+//!    connects to `--publish-broker` `p % M`, or without one to broker
+//!    `(p + 1) % N`, another node than subscriber `p`'s. Nothing is published before every subscriber has
 //!    its `subscribed`.
 //! 2. *Run*: message `k` is due at `start + k / R` and goes to topic
 //!    `k % T` through publisher `k % P`. The schedule never waits for the
@@ -19,6 +21,11 @@
 //!    subscribers have until `--drain` to receive the rest. Whatever is
 //!    still missing then is `lost`.
 //! 4. *Stop*: connections close, counts and histograms are merged.
+//!
+//! Delivery is checked per subscriber from the topic's `seq` alone (1, 2,
+//! 3, … with no gap, duplicate or reordering), whichever node delivered
+//! it: in a cluster a topic's seq is the cluster's, so the same checks
+//! hold, and the report also sums them per broker.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -30,11 +37,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ringcast_core::units::parse_duration;
 use tokio::sync::{watch, Semaphore};
 
-use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
+use super::{random_prefix, recv_until, share, spawn_runtime_thread, sub_broker, Common};
+use crate::procs::{self, us_per, Per, Usage};
 use crate::proto::{self, Incoming};
 use crate::report::{FanoutReport, LoadgenUsage, WireReport};
 use crate::stats::{Latency, SeqCounts, SeqTracker};
-use crate::sys::{self, mono_ns, BrokerUsage, HostSample, HostUsage, ProcSample};
+use crate::sys::{self, mono_ns, HostSample, HostUsage};
 use crate::transport::{PubClient, PubConn, Result, SubConn, Transport, Wire};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -137,7 +145,8 @@ struct PubResult {
 }
 
 struct SubResult {
-    per_sub: Vec<SeqCounts>,
+    /// (subscriber index, its counts).
+    per_sub: Vec<(usize, SeqCounts)>,
     latency: Latency,
     wrong_topic: u64,
     wire: Wire,
@@ -191,7 +200,10 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
 
     common.progress(format!(
         "fanout: connecting {} subscribers over {} topics ({prefix}.*) and {} publisher(s) to {}",
-        args.subs, args.topics, args.publishers, common.broker_url
+        args.subs,
+        args.topics,
+        args.publishers,
+        common.brokers_text()
     ));
     let setup_started = Instant::now();
     let mut threads = Vec::new();
@@ -237,7 +249,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     ));
 
     // Run.
-    let broker_before = common.broker_pid.map(ProcSample::read).transpose()?;
+    let procs_before = procs::sample(&common.procs)?;
     let cpu_before = sys::self_cpu();
     let host_before = HostSample::read();
     let wall_start = Instant::now();
@@ -287,21 +299,9 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let drain = publish_end.elapsed();
     let wall = wall_start.elapsed();
     let cpu = sys::self_cpu().saturating_sub(cpu_before);
-    let broker = match (common.broker_pid, broker_before) {
-        (Some(pid), Some(before)) => {
-            let after = ProcSample::read(pid)?;
-            Some(BrokerUsage::between(pid, &before, &after, wall))
-        }
-        _ => None,
-    };
+    let procs_after = procs::sample(&common.procs)?;
     let loadgen_util = cpu.as_secs_f64() / wall.as_secs_f64();
-    let host = host_before.zip(HostSample::read()).map(|(a, b)| {
-        HostUsage::between(
-            &a,
-            &b,
-            loadgen_util + broker.map_or(0.0, |b| b.cpu_utilization),
-        )
-    });
+    let host_after = HostSample::read();
 
     // Stop and collect.
     phase_tx.send_replace(Phase::Stop);
@@ -329,9 +329,24 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     }
 
     let mut totals = SeqCounts::default();
-    for c in &per_sub {
+    let mut brokers = common.shares(args.subs, args.publishers);
+    for (i, c) in &per_sub {
         totals.add(c);
+        brokers[sub_broker(*i, common.brokers.len())]
+            .totals
+            .get_or_insert_with(SeqCounts::default)
+            .add(c);
     }
+    let usage = Usage::between(
+        &common.procs,
+        &procs_before,
+        &procs_after,
+        wall,
+        Per::Delivery(totals.delivered),
+    );
+    let host = host_before
+        .zip(host_after)
+        .map(|(a, b)| HostUsage::between(&a, &b, loadgen_util + usage.cores()));
     let sent: u64 = published.sent_per_topic.iter().sum();
     let mut data = Vec::new();
     proto::stamped_data(&mut data, start_ns, args.payload);
@@ -342,7 +357,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
             .then_some(common.poll_hold.as_millis() as u64),
         poll_interval_ms: (common.transport == Transport::ShortPoll)
             .then_some(common.poll_interval.as_millis() as u64),
-        broker_url: common.broker_url.clone(),
+        brokers,
         token: common.token.is_some(),
         subs: args.subs,
         topics: args.topics,
@@ -357,8 +372,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         send_lag: published.lag.summary(),
         publisher_cpu_s: published.cpu.as_secs_f64(),
         totals,
-        subscribers_perfect: per_sub.iter().filter(|c| c.perfect()).count(),
-        worst_lost: per_sub.iter().map(|c| c.lost).max().unwrap_or(0),
+        subscribers_perfect: per_sub.iter().filter(|(_, c)| c.perfect()).count(),
+        worst_lost: per_sub.iter().map(|(_, c)| c.lost).max().unwrap_or(0),
         wrong_topic,
         deliveries_per_s: totals.delivered as f64 / args.duration.as_secs_f64(),
         latency: latency.summary(),
@@ -367,10 +382,12 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         drain_s: drain.as_secs_f64(),
         drain_complete,
         window_s: wall.as_secs_f64(),
-        broker,
-        broker_cpu_us_per_delivery: broker
-            .map(|b| per_delivery_us(b.cpu_seconds, totals.delivered)),
-        loadgen_cpu_us_per_delivery: per_delivery_us(cpu.as_secs_f64(), totals.delivered),
+        broker_cpu_us_per_delivery: usage
+            .broker
+            .as_ref()
+            .map(|b| us_per(b.cpu_seconds, totals.delivered)),
+        usage,
+        loadgen_cpu_us_per_delivery: us_per(cpu.as_secs_f64(), totals.delivered),
         loadgen: LoadgenUsage {
             cpu_seconds: cpu.as_secs_f64(),
             cpu_utilization: loadgen_util,
@@ -401,15 +418,6 @@ fn rate(n: u64, secs: f64) -> f64 {
         n as f64
     } else {
         (n - 1) as f64 / secs
-    }
-}
-
-/// Microseconds of CPU per delivered message.
-pub fn per_delivery_us(cpu_seconds: f64, delivered: u64) -> f64 {
-    if delivered == 0 {
-        0.0
-    } else {
-        cpu_seconds * 1e6 / delivered as f64
     }
 }
 
@@ -500,7 +508,8 @@ async fn subscriber_thread(
         .iter()
         .enumerate()
         .map(|(slot, &i)| {
-            sh.trackers[slot].counts(ctl.expected[i % args.topics].load(Ordering::Acquire))
+            let want = ctl.expected[i % args.topics].load(Ordering::Acquire);
+            (i, sh.trackers[slot].counts(want))
         })
         .collect();
     if sh.unstamped > 0 {
@@ -528,7 +537,13 @@ async fn subscriber(
     gate: Rc<Semaphore>,
     ready: Rc<tokio::sync::Notify>,
 ) {
-    let who = format!("subscriber {i} (topic {topic})");
+    let who = match common.brokers.len() {
+        1 => format!("subscriber {i} (topic {topic})"),
+        _ => format!(
+            "subscriber {i} (topic {topic}, on {})",
+            common.sub_endpoint(i).url
+        ),
+    };
     let permit = gate.acquire().await.expect("semaphore open");
     let mut conn = match common.connect(i, 16 * 1024).await {
         Ok(c) => c,
@@ -651,9 +666,12 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
     let mut conns = Vec::with_capacity(args.publishers);
     for p in 0..args.publishers {
         // Publishers use source addresses after the subscribers'.
-        match common.connect_pub(args.subs + p).await {
+        match common.connect_pub(p, args.subs + p).await {
             Ok(c) => conns.push(c),
-            Err(e) => return ctl.fatal(format!("publisher {p}: {e}")),
+            Err(e) => {
+                let to = &common.pub_endpoint(p).url;
+                return ctl.fatal(format!("publisher {p} (to {to}): {e}"));
+            }
         }
     }
     let _ = ctl.notes.send(Note::PubsReady);
@@ -819,8 +837,8 @@ mod tests {
     fn rates_and_per_delivery_cost() {
         assert_eq!(rate(1001, 1.0), 1000.0);
         assert_eq!(rate(1, 0.0), 1.0);
-        assert_eq!(per_delivery_us(2.0, 1_000_000), 2.0);
-        assert_eq!(per_delivery_us(2.0, 0), 0.0);
+        assert_eq!(us_per(2.0, 1_000_000), 2.0);
+        assert_eq!(us_per(2.0, 0), 0.0);
     }
 
     #[test]

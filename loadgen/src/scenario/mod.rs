@@ -16,6 +16,10 @@ use std::net::IpAddr;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
+use crate::procs::Watched;
+use crate::stats::SeqCounts;
 use crate::transport::{
     ConnectOpts, Endpoint, PubClient, PublishVia, Result, SubClient, Transport,
 };
@@ -23,8 +27,12 @@ use crate::transport::{
 /// Options every scenario shares (the global flags).
 #[derive(Debug, Clone)]
 pub struct Common {
-    pub endpoint: Endpoint,
-    pub broker_url: String,
+    /// `--broker`, one or more: subscriber `i` connects to broker
+    /// `i mod N` (see [`sub_broker`]).
+    pub brokers: Vec<Endpoint>,
+    /// `--publish-broker`, zero or more: where publishers go (see
+    /// [`pub_broker`]).
+    pub publish_brokers: Vec<Endpoint>,
     pub transport: Transport,
     pub publish_via: PublishVia,
     /// Long-polling: how long the broker may hold a request.
@@ -34,13 +42,95 @@ pub struct Common {
     /// Local addresses connections are spread over (round robin); empty:
     /// let the kernel choose.
     pub source_ips: Vec<IpAddr>,
-    pub broker_pid: Option<u32>,
+    /// `--broker-pid` and `--pid`: whose CPU the report gives.
+    pub procs: Vec<Watched>,
     pub connect_timeout: Duration,
     /// Ceiling for connecting and subscribing everyone.
     pub setup_timeout: Duration,
     pub json: bool,
     /// `--token`: presented by every connection (see [`ConnectOpts::token`]).
     pub token: Option<Arc<str>>,
+}
+
+/// Where a publisher goes: an index into `--broker` or into
+/// `--publish-broker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubTarget {
+    Broker(usize),
+    PublishBroker(usize),
+}
+
+/// The `--broker` subscriber (or `conns`/`echo` connection) `i` uses, of
+/// `brokers`: round robin.
+pub fn sub_broker(i: usize, brokers: usize) -> usize {
+    i % brokers.max(1)
+}
+
+/// Where publisher `p` goes: `--publish-broker` `p mod M` when any is
+/// given; else `--broker` `(p + 1) mod N`, the node after the one that
+/// subscriber `p` is on, so that with two or more brokers a message has to
+/// cross between nodes to reach at least the subscribers of its own index
+/// (with one broker, that one).
+pub fn pub_broker(p: usize, brokers: usize, publish_brokers: usize) -> PubTarget {
+    if publish_brokers > 0 {
+        PubTarget::PublishBroker(p % publish_brokers)
+    } else {
+        PubTarget::Broker((p + 1) % brokers.max(1))
+    }
+}
+
+/// How many connections went to one broker, for the report: one entry per
+/// `--broker` (in order, even when two name the same URL), then one per
+/// `--publish-broker` URL that no `--broker` names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerShare {
+    pub url: String,
+    /// Subscribers (`conns`: connections, `echo`: echo connections).
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// `fanout`: the delivery accounting of this broker's subscribers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<SeqCounts>,
+}
+
+/// The split of `subs` subscribers and `publishers` publishers over the
+/// brokers, per [`sub_broker`] and [`pub_broker`].
+pub fn broker_shares(
+    brokers: &[&str],
+    publish_brokers: &[&str],
+    subs: usize,
+    publishers: usize,
+) -> Vec<BrokerShare> {
+    let share = |url: &str| BrokerShare {
+        url: url.to_string(),
+        subscribers: 0,
+        publishers: 0,
+        totals: None,
+    };
+    let mut out: Vec<BrokerShare> = brokers.iter().map(|u| share(u)).collect();
+    // Where each --publish-broker is counted.
+    let mut pub_slot = Vec::with_capacity(publish_brokers.len());
+    for url in publish_brokers {
+        let slot = match out.iter().position(|s| s.url == *url) {
+            Some(i) => i,
+            None => {
+                out.push(share(url));
+                out.len() - 1
+            }
+        };
+        pub_slot.push(slot);
+    }
+    for i in 0..subs {
+        out[sub_broker(i, brokers.len())].subscribers += 1;
+    }
+    for p in 0..publishers {
+        let slot = match pub_broker(p, brokers.len(), publish_brokers.len()) {
+            PubTarget::Broker(b) => b,
+            PubTarget::PublishBroker(b) => pub_slot[b],
+        };
+        out[slot].publishers += 1;
+    }
+    out
 }
 
 impl Common {
@@ -59,23 +149,67 @@ impl Common {
         }
     }
 
-    /// Opens subscriber connection number `i` over `--transport`.
-    /// Scenarios use it only through [`crate::transport::SubConn`].
+    /// The broker subscriber (or connection) `i` uses.
+    pub fn sub_endpoint(&self, i: usize) -> &Endpoint {
+        &self.brokers[sub_broker(i, self.brokers.len())]
+    }
+
+    /// The broker publisher `p` uses.
+    pub fn pub_endpoint(&self, p: usize) -> &Endpoint {
+        match pub_broker(p, self.brokers.len(), self.publish_brokers.len()) {
+            PubTarget::Broker(b) => &self.brokers[b],
+            PubTarget::PublishBroker(b) => &self.publish_brokers[b],
+        }
+    }
+
+    /// The report's split of `subs` subscribers and `publishers`
+    /// publishers over the brokers.
+    pub fn shares(&self, subs: usize, publishers: usize) -> Vec<BrokerShare> {
+        let b: Vec<&str> = self.brokers.iter().map(|e| e.url.as_str()).collect();
+        let p: Vec<&str> = self
+            .publish_brokers
+            .iter()
+            .map(|e| e.url.as_str())
+            .collect();
+        broker_shares(&b, &p, subs, publishers)
+    }
+
+    /// `http://a:1` or `2 brokers (http://a:1, http://b:2)`, for progress
+    /// lines.
+    pub fn brokers_text(&self) -> String {
+        match &self.brokers[..] {
+            [one] => one.url.clone(),
+            all => format!(
+                "{} brokers ({})",
+                all.len(),
+                all.iter()
+                    .map(|e| e.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Opens subscriber connection number `i` over `--transport`, to
+    /// broker `i mod N`. Scenarios use it only through
+    /// [`crate::transport::SubConn`].
     pub async fn connect(&self, i: usize, read_chunk: usize) -> Result<SubClient> {
         SubClient::connect(
             self.transport,
-            &self.endpoint,
+            self.sub_endpoint(i),
             &self.connect_opts(i, read_chunk),
         )
         .await
     }
 
-    /// Opens publisher connection number `i` over `--publish-via`.
-    pub async fn connect_pub(&self, i: usize) -> Result<PubClient> {
+    /// Opens publisher number `p` over `--publish-via`, to its broker
+    /// ([`pub_broker`]); `conn` is its connection number overall (which
+    /// source address it uses).
+    pub async fn connect_pub(&self, p: usize, conn: usize) -> Result<PubClient> {
         PubClient::connect(
             self.publish_via,
-            &self.endpoint,
-            &self.connect_opts(i, 16 * 1024),
+            self.pub_endpoint(p),
+            &self.connect_opts(conn, 16 * 1024),
         )
         .await
     }
@@ -140,5 +274,72 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
         assert_eq!(share(2, 4, 3), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn subscribers_round_robin_and_publishers_on_the_next_node() {
+        let subs: Vec<usize> = (0..7).map(|i| sub_broker(i, 3)).collect();
+        assert_eq!(subs, [0, 1, 2, 0, 1, 2, 0]);
+        // Publisher p never shares a node with subscriber p when N >= 2.
+        for n in 2..6 {
+            for p in 0..20 {
+                let PubTarget::Broker(b) = pub_broker(p, n, 0) else {
+                    panic!("no --publish-broker given")
+                };
+                assert_eq!(b, (p + 1) % n);
+                assert_ne!(b, sub_broker(p, n), "n={n} p={p}");
+            }
+        }
+        // One broker: everyone on it, as before.
+        assert_eq!(sub_broker(5, 1), 0);
+        assert_eq!(pub_broker(5, 1, 0), PubTarget::Broker(0));
+        // --publish-broker: round robin over those instead.
+        let explicit: Vec<PubTarget> = (0..3).map(|p| pub_broker(p, 4, 2)).collect();
+        assert_eq!(
+            explicit,
+            [
+                PubTarget::PublishBroker(0),
+                PubTarget::PublishBroker(1),
+                PubTarget::PublishBroker(0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_report_counts_connections_per_broker() {
+        let counts = |v: Vec<BrokerShare>| {
+            v.into_iter()
+                .map(|s| (s.url, s.subscribers, s.publishers))
+                .collect::<Vec<_>>()
+        };
+        let one = broker_shares(&["http://a:1"], &[], 10, 2);
+        assert_eq!(counts(one), [("http://a:1".into(), 10, 2)]);
+        let two = broker_shares(&["http://a:1", "http://b:2"], &[], 5, 3);
+        assert_eq!(
+            counts(two),
+            [("http://a:1".into(), 3, 1), ("http://b:2".into(), 2, 2)]
+        );
+        // The same URL twice is two places in the round robin.
+        let same = broker_shares(&["http://a:1", "http://a:1"], &[], 4, 1);
+        assert_eq!(
+            counts(same),
+            [("http://a:1".into(), 2, 0), ("http://a:1".into(), 2, 1)]
+        );
+        // A --publish-broker that a --broker names is counted there; a new
+        // one gets its own entry.
+        let explicit = broker_shares(
+            &["http://a:1", "http://b:2"],
+            &["http://b:2", "http://c:3"],
+            4,
+            3,
+        );
+        assert_eq!(
+            counts(explicit),
+            [
+                ("http://a:1".into(), 2, 0),
+                ("http://b:2".into(), 2, 2),
+                ("http://c:3".into(), 0, 1)
+            ]
+        );
     }
 }

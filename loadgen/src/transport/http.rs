@@ -166,7 +166,7 @@ pub async fn connect(ep: &Endpoint, opts: &ConnectOpts) -> Result<Stream> {
         Ok(r) => r,
         Err(_) => Err(format!(
             "connect to {} took longer than {:?}",
-            ep.addr, opts.timeout
+            ep.authority, opts.timeout
         )),
     }
 }

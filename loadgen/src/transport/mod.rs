@@ -112,38 +112,55 @@ impl Wire {
     }
 }
 
-/// Where the broker is: `--broker http://HOST:PORT`.
+/// Where a broker is: one `--broker` (or `--publish-broker`)
+/// `http://HOST:PORT`, on this machine or anywhere else.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// The URL as given (reports name the broker by it).
+    pub url: String,
     /// `HOST:PORT` as given (sent as the `Host` header).
     pub authority: String,
-    pub addr: SocketAddr,
+    /// Every address `HOST` resolves to (std's `ToSocketAddrs`, i.e. the
+    /// system resolver), in its order; a connection tries them in turn.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint> {
+    /// Parses and resolves `url`; `flag` names the option in errors.
+    pub fn parse(flag: &str, url: &str) -> Result<Endpoint> {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("ws://"))
-            .ok_or_else(|| format!("--broker must be http://HOST:PORT, got {url:?}"))?;
+            .ok_or_else(|| format!("{flag} must be http://HOST:PORT, got {url:?}"))?;
         let authority = rest.trim_end_matches('/').to_string();
         if authority.contains('/') {
             return Err(format!(
-                "--broker takes no path (the scenarios pick the endpoint), got {url:?}"
+                "{flag} takes no path (the scenarios pick the endpoint), got {url:?}"
             ));
         }
-        let addr = authority
+        let addrs: Vec<SocketAddr> = authority
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("no address for {authority}"))?;
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "--broker {addr} is not a loopback address; this load generator only targets \
-                 the local machine"
-            ));
+            .map_err(|e| format!("{flag} {url}: cannot resolve {authority}: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{flag} {url}: no address for {authority}"));
         }
-        Ok(Endpoint { authority, addr })
+        Ok(Endpoint {
+            url: url.to_string(),
+            authority,
+            addrs,
+        })
+    }
+
+    /// The addresses a connection from `source` can use: all of them
+    /// without a source; else those of the source's family, and only
+    /// loopback ones from a loopback source (a packet from 127.0.0.x never
+    /// leaves the machine).
+    pub fn reachable_from(&self, source: Option<IpAddr>) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs.iter().copied().filter(move |a| match source {
+            None => true,
+            Some(s) => s.is_ipv4() == a.is_ipv4() && (!s.is_loopback() || a.ip().is_loopback()),
+        })
     }
 }
 

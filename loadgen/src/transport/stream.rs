@@ -1,5 +1,5 @@
 //! The TCP stream every transport moves its bytes through: connect (with an
-//! optional loopback source address), a read buffer that is only allocated
+//! optional source address), a read buffer that is only allocated
 //! while bytes arrive, a write queue, and the byte counts the reports
 //! quote per message.
 //!
@@ -47,11 +47,28 @@ fn connect_error(addr: SocketAddr, source: Option<SocketAddr>, e: io::Error) -> 
 
 impl Stream {
     /// TCP connect (no timeout: the transport bounds connect + handshake
-    /// together).
+    /// together), to each of the broker's addresses in turn until one
+    /// answers (a host name may resolve to IPv6 and IPv4).
     pub async fn connect(ep: &Endpoint, opts: &ConnectOpts) -> Result<Stream> {
+        let mut last = None;
+        for addr in ep.reachable_from(opts.source) {
+            match Self::connect_to(addr, opts).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            format!(
+                "broker unreachable: no address of {} can be reached from {:?}",
+                ep.authority, opts.source
+            )
+        }))
+    }
+
+    async fn connect_to(addr: SocketAddr, opts: &ConnectOpts) -> Result<Stream> {
         let local = opts.source.map(|ip| SocketAddr::new(ip, 0));
-        let err = |e| connect_error(ep.addr, local, e);
-        let sock = if ep.addr.is_ipv4() {
+        let err = |e| connect_error(addr, local, e);
+        let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
@@ -73,7 +90,7 @@ impl Stream {
             }
             sock.bind(local).map_err(err)?;
         }
-        let tcp = sock.connect(ep.addr).await.map_err(err)?;
+        let tcp = sock.connect(addr).await.map_err(err)?;
         tcp.set_nodelay(true).ok();
         Ok(Stream {
             tcp,

@@ -35,7 +35,7 @@ impl WsClient {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "connect + handshake to {} took longer than {:?}",
-                ep.addr, opts.timeout
+                ep.authority, opts.timeout
             )),
         }
     }
