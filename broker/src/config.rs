@@ -797,6 +797,17 @@ impl fmt::Display for Config {
             "  mesh-queue         {} messages per shard",
             self.mesh_queue
         )?;
+        match &self.redis {
+            Some(url) => writeln!(
+                f,
+                "  redis              {} (prefix {:?}, timeout {:?}, check every {:?})",
+                redact_url(url),
+                self.redis_prefix,
+                self.redis_timeout,
+                self.redis_check_interval
+            )?,
+            None => writeln!(f, "  redis              none (a single node)")?,
+        }
         writeln!(f, "  message-timeout    {:?}", self.message_timeout)?;
         writeln!(f, "  slow-consumer      {:?}", self.slow_consumer)?;
         writeln!(f, "  max-polls          {} per shard", self.max_polls)?;
@@ -875,6 +886,18 @@ fn opt_str(key: &str, v: &Option<String>) -> String {
     match v {
         Some(s) => format!("{key} = {s:?}"),
         None => format!("# {key} = (unset)"),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(redact_url("redis://:pw@h:1/2"), "redis://:***@h:1/2");
+        assert_eq!(redact_url("rediss://u:p@w@h"), "rediss://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 }
 
