@@ -708,8 +708,9 @@ impl HttpConn {
     }
 }
 
-/// Sums every sample of metric `name` (across shards) whose labels contain
-/// `label` ("" for all), from `GET /metrics`.
+/// Sums every sample of metric `name` (across shards; a sample without
+/// labels, like the cluster's, counts too) whose labels contain `label`
+/// ("" for all), from `GET /metrics`.
 pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> i64 {
     let r = HttpConn::connect(addr).get("/metrics");
     assert_eq!(r.status, 200, "{}", r.body_text());
@@ -721,7 +722,7 @@ pub fn metric_sum_in(text: &str, name: &str, label: &str) -> i64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .filter(|(k, _)| (*k == name || k.starts_with(&format!("{name}{{"))) && k.contains(label))
         .map(|(_, v)| v.parse::<i64>().unwrap())
         .sum()
 }

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_e2e::{loadgen_binary, Broker};
+use ringcast_e2e::{loadgen_binary, metric_sum, Broker};
 use serde_json::Value;
 
 /// Every loadgen process in these tests ends within this long, or the
@@ -522,4 +522,64 @@ fn a_named_process_is_reported_with_the_cluster_sum() {
     let total = cluster["cpu_us_per_delivery"].as_f64().unwrap();
     // (Half a second may be below the kernel's CPU tick: both may be 0.)
     assert!((total - sum).abs() < 1e-6, "{total} vs {sum}");
+}
+
+/// Issue 11, failure case 8: the loadgen drives a real cluster (two nodes
+/// on one `redis-server`), subscribers spread over both nodes, publishers
+/// on the other node, every transport; it reports no loss, no duplicate,
+/// no reordering, and the CPU of every process, Redis included.
+#[test]
+fn the_loadgen_drives_a_two_node_cluster_and_reports_every_process() {
+    let redis = ringcast_e2e::redis::RedisServer::start();
+    let url = redis.url();
+    let args = ["--shards", "2", "--redis", &url, "--redis-prefix", "lg"];
+    let (a, b) = (Broker::start(&args), Broker::start(&args));
+    let (ua, ub) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let (pa, pb, pr) = (a.pid().to_string(), b.pid().to_string(), redis.pid());
+    let redis_pid = format!("redis={pr}");
+    let run = finish(
+        Command::new(loadgen_binary())
+            .args(["--broker", &ua, "--broker", &ub])
+            .args([
+                "--broker-pid",
+                &pa,
+                "--broker-pid",
+                &pb,
+                "--pid",
+                &redis_pid,
+            ])
+            .args(["--json", "compare", "--transports", "ws,sse,long-poll"])
+            .args(["--subs", "8", "--topics", "2", "--publishers", "2"])
+            .args(["--rate", "100", "--duration", "1s", "--drain", "10s"])
+            .args(["--pause", "100ms", "--require-perfect"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringcast-loadgen"),
+    );
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    for r in doc["transports"].as_array().unwrap() {
+        assert_perfect(r);
+        let name = r["transport"].as_str().unwrap();
+        for share in r["brokers"].as_array().unwrap() {
+            assert_eq!(share["subscribers"], 4, "{name}: {share}");
+            assert_eq!(share["publishers"], 1, "{name}: {share}");
+            let t = &share["totals"];
+            assert!(t["expected"].as_u64().unwrap() > 0, "{name}: {share}");
+            assert_eq!(t["delivered"], t["expected"], "{name}: {share}");
+        }
+        let names: Vec<&str> = r["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(names.contains(&"redis"), "{name}: {names:?}");
+        assert!(r["cluster"].is_object(), "{name}: {r}");
+    }
+    // The messages really went through Redis: both nodes counted them.
+    for node in [&a, &b] {
+        assert!(metric_sum(node.addr, "ringcast_redis_messages_received_total", "") > 0);
+    }
 }
