@@ -38,6 +38,9 @@ use super::script::{self, Keys};
 use crate::config::Config;
 use crate::runtime::mesh::{Inbox, Mesh};
 
+/// Publishes sent in one pipeline, at most.
+const MAX_PIPELINE: usize = 1024;
+
 /// What the thread needs of the configuration.
 pub struct Settings {
     keys: Keys,
@@ -169,7 +172,14 @@ impl Backend {
     fn handle(self: &Rc<Self>, msg: Msg) {
         match msg {
             Msg::Publish { topic, data, ack } => {
-                self.queue.borrow_mut().push(Publish { topic, data, ack });
+                let p = Publish { topic, data, ack };
+                if self.queue.borrow().len() >= self.s.mesh_queue {
+                    // Redis is slower than the publishers: refused like a
+                    // full queue between shards, not held without bound.
+                    ClusterStats::add(&self.stats.publish_errors, 1);
+                    return self.ack(p, Err(ErrorCode::Overloaded));
+                }
+                self.queue.borrow_mut().push(p);
                 self.queued.notify_one();
             }
             Msg::Watch { topic, owner } => {
@@ -307,7 +317,13 @@ impl Backend {
             while self.queue.borrow().is_empty() {
                 self.queued.notified().await;
             }
-            let batch = std::mem::take(&mut *self.queue.borrow_mut());
+            // At most MAX_PIPELINE at a time, so that one pipeline's
+            // answer comes well within --redis-timeout.
+            let batch: Vec<Publish> = {
+                let mut q = self.queue.borrow_mut();
+                let n = q.len().min(MAX_PIPELINE);
+                q.drain(..n).collect()
+            };
             if !self.cmd_ok.get() {
                 self.refuse_all(batch);
                 continue;

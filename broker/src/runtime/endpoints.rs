@@ -173,6 +173,7 @@ pub(super) async fn publish(
 fn refusal(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Overloaded => "the broker is overloaded; retry later",
+        ErrorCode::Unavailable => "the cluster backend (Redis) is unavailable; retry later",
         ErrorCode::Limit => "too many topics",
         ErrorCode::Forbidden => "the credentials do not allow this topic",
         ErrorCode::Unauthorized => "credentials are needed for this topic",
