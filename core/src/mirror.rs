@@ -74,23 +74,36 @@ impl Mirror {
         }
     }
 
-    /// The first parked message, if it is the next one in order (older or
-    /// repeated ones are dropped on the way).
+    /// The first parked message, if it is the next one in order (repeated
+    /// ones are dropped on the way). One of another epoch stays: only the
+    /// stream's head can tell whether it is older (then it is dropped) or
+    /// newer (a reset).
     pub fn next_parked(&mut self) -> Option<(u64, Bytes)> {
         let epoch = self.epoch.clone()?;
         while let Some(entry) = self.ahead.first_entry() {
             let seq = *entry.key();
-            let stale = seq <= self.log.last_seq() || entry.get().0 != epoch;
-            if !stale && seq != self.log.last_seq() + 1 {
+            if entry.get().0 != epoch || seq > self.log.last_seq() + 1 {
                 return None;
             }
             let (_, data) = entry.remove();
             self.ahead_bytes -= data.len();
-            if !stale {
+            if seq == self.log.last_seq() + 1 {
                 return Some((seq, data));
             }
         }
         None
+    }
+
+    /// Drops the parked messages of any epoch but `epoch`.
+    pub fn keep_epoch(&mut self, epoch: &Arc<str>) {
+        let bytes = &mut self.ahead_bytes;
+        self.ahead.retain(|_, (e, data)| {
+            let keep = e == epoch;
+            if !keep {
+                *bytes -= data.len();
+            }
+            keep
+        });
     }
 }
 
@@ -140,7 +153,9 @@ mod tests {
             got.push(seq);
         }
         assert_eq!(got, [4, 5, 6]);
-        assert!(m.ahead.is_empty(), "the other epoch's 7 was dropped");
+        assert_eq!(m.ahead.len(), 1, "the other epoch's 7 waits for a head");
+        m.keep_epoch(&e);
+        assert!(m.ahead.is_empty(), "a head of e1 says 7 of e0 is old");
         assert_eq!(m.ahead_bytes, 0);
     }
 

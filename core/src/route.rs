@@ -162,6 +162,11 @@ pub struct Head {
     pub epoch: Arc<str>,
     /// The last seq published to it (0: none yet).
     pub last_seq: u64,
+    /// What `entries` follow: every message the stream retains after this
+    /// seq of `epoch` (`None`: from the stream's start). A head sent
+    /// unasked (the backend's periodic check) may follow a seq past the
+    /// mirror's place: it says nothing of the seqs before it.
+    pub after: Option<u64>,
     /// Retained messages after the seq asked for, oldest first: `(seq,
     /// data)`.
     pub entries: Vec<(u64, Bytes)>,

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -37,6 +37,8 @@ use super::health::ClusterStats;
 use super::script::{self, Keys};
 use crate::config::Config;
 use crate::runtime::mesh::{Inbox, Mesh};
+
+const PUBLISH_TIMED_OUT: &str = "publish timed out";
 
 /// Publishes sent in one pipeline, at most.
 const MAX_PIPELINE: usize = 1024;
@@ -100,8 +102,11 @@ struct Backend {
     head_sha: String,
     cmd: RefCell<Option<MultiplexedConnection>>,
     connecting: Cell<bool>,
+    connected: Notify,
     cmd_ok: Cell<bool>,
     sub_ok: Cell<bool>,
+    /// When Redis last answered a command.
+    answered: Cell<Instant>,
     sink: RefCell<Option<PubSubSink>>,
     watched: RefCell<HashMap<Arc<str>, Watched>>,
     queue: RefCell<Vec<Publish>>,
@@ -126,10 +131,12 @@ pub async fn run(
         head_sha: script::sha(script::HEAD),
         cmd: RefCell::new(None),
         connecting: Cell::new(false),
+        connected: Notify::new(),
         // Optimistic until the first command says otherwise: the first
         // publishes try rather than fail.
         cmd_ok: Cell::new(true),
         sub_ok: Cell::new(false),
+        answered: Cell::new(Instant::now()),
         sink: RefCell::new(None),
         watched: RefCell::new(HashMap::new()),
         queue: RefCell::new(Vec::new()),
@@ -243,20 +250,42 @@ impl Backend {
         }
     }
 
+    /// A command timed out. Redis is counted down only if nothing else
+    /// got an answer within the timeout either: under a burst one command
+    /// can wait behind a long pipeline while Redis is perfectly alive.
+    fn timed_out(&self, why: &str) {
+        if self.answered.get().elapsed() >= self.s.timeout {
+            self.fail(why);
+        }
+    }
+
+    fn alive(&self) {
+        self.answered.set(Instant::now());
+    }
+
     /// The command connection, made (and the scripts loaded) if there is
     /// none. Never waits longer than about twice `--redis-timeout`.
     async fn command(&self) -> Result<MultiplexedConnection, String> {
         if let Some(c) = self.cmd.borrow().clone() {
             return Ok(c);
         }
-        if self.connecting.replace(true) {
-            return Err("connecting".into());
+        if self.connecting.get() {
+            // Another task is connecting: its outcome is this one's too.
+            self.connected.notified().await;
+            return self
+                .cmd
+                .borrow()
+                .clone()
+                .ok_or_else(|| "cannot connect".to_string());
         }
+        self.connecting.set(true);
         let r = self.connect().await;
         self.connecting.set(false);
-        let c = r?;
-        *self.cmd.borrow_mut() = Some(c.clone());
-        Ok(c)
+        if let Ok(c) = &r {
+            *self.cmd.borrow_mut() = Some(c.clone());
+        }
+        self.connected.notify_waiters();
+        r
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
@@ -349,6 +378,7 @@ impl Backend {
             }
             match results {
                 Ok(values) => {
+                    self.alive();
                     for (p, v) in batch.into_iter().zip(values) {
                         match script::parse_published(&v) {
                             Some(seq) => {
@@ -364,7 +394,11 @@ impl Backend {
                     }
                 }
                 Err(e) => {
-                    self.fail(&e);
+                    if e == PUBLISH_TIMED_OUT {
+                        self.timed_out(&e);
+                    } else {
+                        self.fail(&e);
+                    }
                     self.refuse_all(batch);
                 }
             }
@@ -394,8 +428,9 @@ impl Backend {
         match timeout(self.s.timeout, pipe.query_async::<Vec<Value>>(con)).await {
             Ok(Ok(v)) if v.len() == batch.len() => Ok(v),
             Ok(Ok(v)) => Err(format!("{} answers to {} publishes", v.len(), batch.len())),
+            Ok(Err(e)) if e.is_timeout() => Err(PUBLISH_TIMED_OUT.into()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("publish timed out".into()),
+            Err(_) => Err(PUBLISH_TIMED_OUT.into()),
         }
     }
 
@@ -433,8 +468,12 @@ impl Backend {
     /// Reads a topic's head and the entries after `after` of stream
     /// `epoch`, and sends them to its owner.
     async fn fetch(self: Rc<Self>, topic: Arc<str>, epoch: Option<Arc<str>>, after: u64) {
-        let result = self.read_head(&topic, epoch.as_deref(), after).await;
-        if let Ok(head) = &result {
+        let mut result = self.read_head(&topic, epoch.as_deref(), after).await;
+        if let Ok(head) = &mut result {
+            // The script reads from the start when the epoch is not the
+            // caller's; otherwise the entries follow `after` only.
+            let same = epoch.as_ref() == Some(&head.epoch);
+            head.after = (same && after > 0).then_some(after);
             if let Some(w) = self.watched.borrow_mut().get_mut(&topic) {
                 if w.epoch.as_ref() == Some(&head.epoch) {
                     w.last = w.last.max(head.last_seq);
@@ -470,7 +509,15 @@ impl Backend {
             .arg(keys.meta(topic))
             .arg(epoch.unwrap_or(""))
             .arg(after)
-            .arg(self.s.history_messages)
+            // A fill asks for more than is retained: `MAXLEN ~` trims by
+            // whole macro nodes (100 entries), so Redis may still hold
+            // more than --history-messages, and a live subscriber should
+            // get all of those rather than a `skipped`.
+            .arg(if after > 0 {
+                self.s.history_messages + 128
+            } else {
+                self.s.history_messages
+            })
             .arg(self.s.meta_ttl);
         let mut reply = timeout(self.s.timeout, cmd.query_async::<Value>(&mut con)).await;
         if matches!(&reply, Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript))
@@ -482,16 +529,19 @@ impl Backend {
             reply = timeout(self.s.timeout, cmd.query_async::<Value>(&mut con)).await;
         }
         match reply {
-            Ok(Ok(v)) => script::parse_head(&v).ok_or_else(|| {
-                warn!(topic, "redis: head script answered {v:?}");
-                ErrorCode::Unavailable
-            }),
+            Ok(Ok(v)) => {
+                self.alive();
+                script::parse_head(&v).ok_or_else(|| {
+                    warn!(topic, "redis: head script answered {v:?}");
+                    ErrorCode::Unavailable
+                })
+            }
             Ok(Err(e)) => {
                 self.fail(&e.to_string());
                 Err(ErrorCode::Unavailable)
             }
             Err(_) => {
-                self.fail("head read timed out");
+                self.timed_out("head read timed out");
                 Err(ErrorCode::Unavailable)
             }
         }
@@ -650,6 +700,24 @@ impl Backend {
                 continue;
             }
             let topics: Vec<Arc<str>> = self.watched.borrow().keys().cloned().collect();
+            if topics.is_empty() {
+                // Nothing to compare: still make sure Redis answers, so
+                // that /healthz tells the truth on an idle node.
+                let mut con = match self.command().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.fail(&e);
+                        continue;
+                    }
+                };
+                let ping = redis::cmd("PING");
+                match timeout(self.s.timeout, ping.query_async::<String>(&mut con)).await {
+                    Ok(Ok(_)) => self.alive(),
+                    Ok(Err(e)) => self.fail(&format!("health check: {e}")),
+                    Err(_) => self.timed_out("health check timed out"),
+                }
+                continue;
+            }
             for chunk in topics.chunks(512) {
                 let Ok(mut con) = self.command().await else {
                     break;
@@ -663,8 +731,21 @@ impl Backend {
                     pipe.query_async::<Vec<(Option<String>, Option<u64>)>>(&mut con),
                 )
                 .await;
-                let Ok(Ok(positions)) = reply else {
-                    break;
+                let positions = match reply {
+                    Ok(Ok(p)) => {
+                        self.alive();
+                        p
+                    }
+                    Ok(Err(e)) => {
+                        self.fail(&format!("position check: {e}"));
+                        break;
+                    }
+                    Err(_) => {
+                        // A node that only serves subscribers learns of a
+                        // hung Redis here.
+                        self.timed_out("position check timed out");
+                        break;
+                    }
                 };
                 for (topic, (epoch, last)) in chunk.iter().zip(positions) {
                     self.check(topic, epoch.map(Arc::from), last.unwrap_or(0));

@@ -44,6 +44,7 @@ pub fn start(
     let client = redis::Client::open(url)
         .map_err(|e| format!("--redis {}: {e}", crate::config::redact_url(url)))?;
     let settings = backend::Settings::new(config);
+    stats.set_down("connecting");
     std::thread::Builder::new()
         .name("redis".into())
         .spawn(move || {

@@ -175,6 +175,7 @@ pub fn parse_head(v: &Value) -> Option<Head> {
     Some(Head {
         epoch,
         last_seq,
+        after: None,
         entries,
     })
 }

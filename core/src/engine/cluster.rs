@@ -76,6 +76,24 @@ impl<R: Route> Engine<R> {
             m.waiting.push(waiter);
             return;
         };
+        if waiter.since.is_some_and(|s| s > m.log.last_seq()) {
+            // The client saw a later seq than this node has: on one node
+            // that means the topic restarted, in a cluster this node may
+            // just be behind (the client was on another one). Ask the
+            // stream first; the answer settles it.
+            m.waiting.push(waiter);
+            if !m.fetching {
+                m.fetching = true;
+                self.stats.cluster_fills += 1;
+                let msg = Msg::Fetch {
+                    topic,
+                    epoch: Some(epoch),
+                    after: m.log.last_seq(),
+                };
+                self.send_always(backend, msg);
+            }
+            return;
+        }
         let snapshot = Snapshot {
             last_seq: m.log.last_seq(),
             epoch,
@@ -113,7 +131,7 @@ impl<R: Route> Engine<R> {
             // Unwatched since: stale.
             return;
         };
-        m.fetching = false;
+        let was_fetching = std::mem::replace(&mut m.fetching, false);
         let head = match result {
             Ok(head) => head,
             Err(code) if m.epoch.is_none() => {
@@ -139,11 +157,52 @@ impl<R: Route> Engine<R> {
                 return;
             }
             // A fill failed: the backend sends the head again when it is
-            // back (it repairs every watched topic).
-            Err(_) => return,
+            // back (it repairs every watched topic). Subscribes that
+            // waited for it are answered from what this node has.
+            Err(_) => {
+                return self.mirror_answer_waiting(&topic);
+            }
         };
         let first_sight = m.epoch.is_none();
         let reset = m.epoch.as_ref().is_some_and(|e| *e != head.epoch);
+        let covers = match head.after {
+            None => true,
+            Some(after) => !first_sight && !reset && after <= m.log.last_seq(),
+        };
+        if !covers {
+            // It does not reach back to this mirror's place (or to the
+            // start of a stream it does not know): it cannot tell what is
+            // gone. Its entries wait; the gap is fetched (in another
+            // epoch, from the start).
+            if first_sight {
+                // The watch's own head is on its way.
+                m.fetching = was_fetching;
+                return;
+            }
+            let (max, max_bytes) = (
+                self.limits.history.max_messages.max(64),
+                self.limits.history.max_bytes,
+            );
+            if !reset {
+                for (seq, data) in head.entries {
+                    m.park(seq, head.epoch.clone(), data, max, max_bytes);
+                }
+            }
+            m.fetching = true;
+            if !was_fetching {
+                self.stats.cluster_fills += 1;
+                let msg = Msg::Fetch {
+                    topic: topic.clone(),
+                    epoch: m.epoch.clone(),
+                    after: m.log.last_seq(),
+                };
+                self.send_always(backend, msg);
+            }
+            return;
+        }
+        // The head tells where the stream stands now: parked messages of
+        // any other epoch are older than it.
+        m.keep_epoch(&head.epoch);
         if first_sight || reset {
             let base = head
                 .entries
@@ -258,10 +317,12 @@ impl<R: Route> Engine<R> {
         if seq <= m.log.last_seq() {
             return;
         }
+        let before = m.log.retained().1;
         if let Some(ttl) = ttl {
             m.log.expire(now, ttl);
         }
         let frame = m.log.append(seq, topic, data, limits, now);
+        self.stats.retained_bytes += m.log.retained().1 as i64 - before as i64;
         if !forward {
             return;
         }
@@ -277,8 +338,15 @@ impl<R: Route> Engine<R> {
         let Some(epoch) = m.epoch.clone() else {
             return;
         };
-        let waiting = std::mem::take(&mut m.waiting);
-        let answers: Vec<(ShardId, usize, Snapshot)> = waiting
+        let last = m.log.last_seq();
+        let fetching = m.fetching;
+        // One that resumes past this node's place waits while a read of the
+        // stream is on its way (see `mirror_subscribe`).
+        let (waiting, answer): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut m.waiting)
+            .into_iter()
+            .partition(|w| fetching && w.since.is_some_and(|s| s > last));
+        m.waiting = waiting;
+        let answers: Vec<(ShardId, usize, Snapshot)> = answer
             .into_iter()
             .map(|w| {
                 let snap = Snapshot {
@@ -298,6 +366,33 @@ impl<R: Route> Engine<R> {
             self.send_always(from, msg);
         }
         self.mirror_gauges();
+    }
+
+    /// Checks the mirrors against the gauges and the limits (see
+    /// [`Engine::audit`]).
+    pub(super) fn audit_mirrors(&self) -> Result<(), String> {
+        let (topics, retained) = (self.mirrors.len(), self.mirrors.retained());
+        if topics > self.limits.max_topics {
+            return Err(format!(
+                "{topics} mirrors, max_topics {}",
+                self.limits.max_topics
+            ));
+        }
+        if self.stats.topics != topics as i64 || self.stats.retained_bytes != retained as i64 {
+            return Err(format!(
+                "gauges: topics {} retained {}, mirrors hold {topics} and {retained}",
+                self.stats.topics, self.stats.retained_bytes
+            ));
+        }
+        for (name, m) in &self.mirrors.topics {
+            if m.interested.is_empty() && m.waiting.is_empty() {
+                return Err(format!("mirror {name}: nobody interested, kept"));
+            }
+            if m.epoch.is_none() && !m.log.is_empty() {
+                return Err(format!("mirror {name}: retains before its stream is known"));
+            }
+        }
+        Ok(())
     }
 
     fn mirror_gauges(&mut self) {

@@ -14,7 +14,11 @@ impl<R: Route> Engine<R> {
     /// walks everything.
     #[doc(hidden)]
     pub fn audit(&self) -> Result<(), String> {
-        self.owner.audit(&self.limits, &self.stats)?;
+        if self.backend.is_some() {
+            self.audit_mirrors()?;
+        } else {
+            self.owner.audit(&self.limits, &self.stats)?;
+        }
         let mut live = 0;
         let mut requests = 0;
         for (topic, e) in &self.local {
