@@ -29,7 +29,7 @@ fi
 fuzz_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$fuzz_dir/.."
 
-all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked pattern token"
+all_targets="http_head client_handshake frame_header websocket_server websocket_client utf8 command mask engine chunked pattern token cluster_message"
 targets=${FUZZ_TARGETS:-$all_targets}
 
 echo "== replaying fuzz/seeds (cargo test --manifest-path fuzz/Cargo.toml)"

@@ -719,9 +719,21 @@ fn engine(o: &mut Out) {
     };
     let mesh = || {
         vec![
-            Op::Deliver { src: 0, dst: 1, n: 60 },
-            Op::Deliver { src: 1, dst: 0, n: 60 },
-            Op::Deliver { src: 0, dst: 1, n: 60 },
+            Op::Deliver {
+                src: 0,
+                dst: 1,
+                n: 60,
+            },
+            Op::Deliver {
+                src: 1,
+                dst: 0,
+                n: 60,
+            },
+            Op::Deliver {
+                src: 0,
+                dst: 1,
+                n: 60,
+            },
         ]
     };
     let write = |client: u16| Op::Write {
@@ -797,7 +809,11 @@ fn engine(o: &mut Out) {
     // Conflation with a bounded mesh: held messages and dropped
     // deliveries, noticed in order. Topic 0 is shard 1's; the subscriber
     // is on shard 0 and never writes.
-    let one = || Op::Deliver { src: 1, dst: 0, n: 1 };
+    let one = || Op::Deliver {
+        src: 1,
+        dst: 0,
+        n: 1,
+    };
     let ops = cat(vec![
         vec![connect(0, Kind::Ws, 0, Since::None), sub(0, 0, Since::None)],
         mesh(),
@@ -819,12 +835,21 @@ fn engine(o: &mut Out) {
             http(1, 0, 8),
             connect(1, Kind::Poll, 0, Since::None),
             connect(0, Kind::Sse, 0, Since::Zero),
-            Op::Poll { client: 0, topic: 0 },
+            Op::Poll {
+                client: 0,
+                topic: 0,
+            },
         ],
         mesh(),
         vec![Op::PollAnswer { client: 0 }, http(0, 0, 8)],
         mesh(),
-        vec![Op::Poll { client: 0, topic: 0 }, http(1, 0, 8)],
+        vec![
+            Op::Poll {
+                client: 0,
+                topic: 0,
+            },
+            http(1, 0, 8),
+        ],
         mesh(),
         vec![
             Op::PollAnswer { client: 0 },
@@ -850,26 +875,44 @@ fn engine(o: &mut Out) {
             Op::Advance { ms: 600 },
             http(1, 1, 120),
             Op::Advance { ms: 600 },
-            Op::Timeout { shard: 0, early: false },
-            Op::Timeout { shard: 1, early: false },
+            Op::Timeout {
+                shard: 0,
+                early: false,
+            },
+            Op::Timeout {
+                shard: 1,
+                early: false,
+            },
             connect(0, Kind::Ws, 0, Since::None),
             sub(0, 0, Since::Value(1)),
             sub(0, 1, Since::Zero),
         ],
         mesh(),
         writes(1),
-        vec![Op::Advance { ms: 2000 }, Op::Timeout { shard: 0, early: true }],
+        vec![
+            Op::Advance { ms: 2000 },
+            Op::Timeout {
+                shard: 0,
+                early: true,
+            },
+        ],
     ]);
     o.put(t, "ttl-budget", encode(0x60, 0xff, &ops));
 
     // Limits: two topics per shard, one subscription per connection.
     let ops = cat(vec![
-        vec![connect(0, Kind::Ws, 0, Since::None), connect(1, Kind::Poll, 0, Since::None)],
-        (0..6).map(|i| http(i % 2, i as u8, 4)).collect(),
+        vec![
+            connect(0, Kind::Ws, 0, Since::None),
+            connect(1, Kind::Poll, 0, Since::None),
+        ],
+        (0..6).map(|i| http(i % 2, i, 4)).collect(),
         mesh(),
         (0..4).map(|i| sub(0, i, Since::None)).collect(),
         mesh(),
-        vec![Op::Poll { client: 1, topic: 5 }],
+        vec![Op::Poll {
+            client: 1,
+            topic: 5,
+        }],
         mesh(),
         writes(1),
         vec![Op::PollAnswer { client: 1 }],
@@ -890,8 +933,16 @@ fn engine(o: &mut Out) {
     // The regressions of the engine's simulator (core/tests/sim/regress.rs),
     // as inputs. Topics 0 ("a") and 2 ("c:1") are shard 1's, 1 ("b.x") is
     // shard 0's.
-    let d10 = || Op::Deliver { src: 1, dst: 0, n: 60 };
-    let d01 = || Op::Deliver { src: 0, dst: 1, n: 60 };
+    let d10 = || Op::Deliver {
+        src: 1,
+        dst: 0,
+        n: 60,
+    };
+    let d01 = || Op::Deliver {
+        src: 0,
+        dst: 1,
+        n: 60,
+    };
 
     // A held poll with replayed messages, then a delivery the mesh drops:
     // the notice must not go in front of them.
@@ -899,7 +950,10 @@ fn engine(o: &mut Out) {
         http(1, 0, 5),
         http(1, 0, 5),
         connect(0, Kind::Poll, 0, Since::None),
-        Op::Poll { client: 0, topic: 0 },
+        Op::Poll {
+            client: 0,
+            topic: 0,
+        },
         d01(),
         d10(),
         http(1, 0, 5),
@@ -915,9 +969,15 @@ fn engine(o: &mut Out) {
     // then the next one: the stale answer must not resume it.
     let ops = vec![
         connect(0, Kind::Poll, 0, Since::None),
-        Op::Poll { client: 0, topic: 0 },
+        Op::Poll {
+            client: 0,
+            topic: 0,
+        },
         Op::PollAnswer { client: 0 },
-        Op::Poll { client: 0, topic: 0 },
+        Op::Poll {
+            client: 0,
+            topic: 0,
+        },
         http(1, 0, 5),
         d01(),
         d10(),
@@ -986,9 +1046,20 @@ fn engine(o: &mut Out) {
     // Templated and malformed commands, an eager reader, pipelined
     // publishes past the pending bound.
     let mut ops = vec![connect(1, Kind::Ws, 0, Since::None)];
-    for (i, (tmpl, f)) in [(0, 3), (3, 1), (4, 2), (2, 5), (9, 0), (5, 1), (6, 2), (7, 3), (8, 4), (1, 1)]
-        .into_iter()
-        .enumerate()
+    for (i, (tmpl, f)) in [
+        (0, 3),
+        (3, 1),
+        (4, 2),
+        (2, 5),
+        (9, 0),
+        (5, 1),
+        (6, 2),
+        (7, 3),
+        (8, 4),
+        (1, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         ops.push(Op::Raw {
             client: 0,
@@ -1011,7 +1082,9 @@ fn template_text(t: u8, topic: u8, f: u8) -> Vec<u8> {
         0 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":{f},"id":{f}}}"#),
         1 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":null,"x":[1,{{}}]}}"#),
         2 => format!(r#"{{"op":"unsubscribe","topic":"{topic}","id":"u{f}"}}"#),
-        3 => format!(r#"{{"op":"publish","topic":"{topic}","data":[{f},{{"k":null}}],"id":1e400}}"#),
+        3 => {
+            format!(r#"{{"op":"publish","topic":"{topic}","data":[{f},{{"k":null}}],"id":1e400}}"#)
+        }
         4 => format!(r#"{{"op":"publish","topic":"{topic}","data":"zz"}}"#),
         5 => format!(r#"{{"op":"subscribe","topic":"{topic}.","since":1,"id":{f}}}"#),
         6 => format!(r#"{{"op":"publish","topic":"{topic}","id":{f}}}"#),

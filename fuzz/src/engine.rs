@@ -137,11 +137,19 @@ fn template(t: u8, topic: &str, f: u8) -> Vec<u8> {
         _ => r#","id":-0.5"#.to_string(),
     };
     let text = match t % 10 {
-        0 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":{}{id}}}"#, f / 3),
+        0 => format!(
+            r#"{{"op":"subscribe","topic":"{topic}","since":{}{id}}}"#,
+            f / 3
+        ),
         1 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":null,"x":[1,{{}}]{id}}}"#),
         2 => format!(r#"{{"op":"unsubscribe","topic":"{topic}"{id}}}"#),
-        3 => format!(r#"{{"op":"publish","topic":"{topic}","data":[{f},"\u00e9",{{"k":null}}]{id}}}"#),
-        4 => format!(r#"{{"op":"publish","topic":"{topic}","data":"{}"{id}}}"#, "z".repeat(f as usize)),
+        3 => format!(
+            r#"{{"op":"publish","topic":"{topic}","data":[{f},"\u00e9",{{"k":null}}]{id}}}"#
+        ),
+        4 => format!(
+            r#"{{"op":"publish","topic":"{topic}","data":"{}"{id}}}"#,
+            "z".repeat(f as usize)
+        ),
         5 => format!(r#"{{"op":"subscribe","topic":"{topic}.","since":1{id}}}"#),
         6 => format!(r#"{{"op":"publish","topic":"{topic}"{id}}}"#),
         7 => format!(r#"{{"op":"subscribe","topic":"{topic}","since":-{f}{id}}}"#),
@@ -270,7 +278,14 @@ pub fn encode(cfg: u8, sizes: u8, ops: &[Op]) -> Vec<u8> {
                 topic,
                 id,
                 size,
-            } => out.extend([2, *client as u8, *topic, u8::from(*id), *size as u8, (*size >> 8) as u8]),
+            } => out.extend([
+                2,
+                *client as u8,
+                *topic,
+                u8::from(*id),
+                *size as u8,
+                (*size >> 8) as u8,
+            ]),
             Op::Subscribe {
                 client,
                 topic,
@@ -285,7 +300,14 @@ pub fn encode(cfg: u8, sizes: u8, ops: &[Op]) -> Vec<u8> {
                 topic,
                 token,
                 size,
-            } => out.extend([5, *shard, *topic, u8::from(*token), *size as u8, (*size >> 8) as u8]),
+            } => out.extend([
+                5,
+                *shard,
+                *topic,
+                u8::from(*token),
+                *size as u8,
+                (*size >> 8) as u8,
+            ]),
             Op::Connect {
                 shard,
                 kind,

@@ -30,6 +30,8 @@ use ringcast_proto::utf8::Utf8Validator;
 use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 use ringcast_proto::{HttpError, ProtocolError};
 
+pub mod cluster;
+pub use cluster::cluster_message;
 pub mod engine;
 pub use engine::engine;
 pub mod pattern;
@@ -54,6 +56,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("chunked", chunked),
     ("pattern", pattern),
     ("token", token),
+    ("cluster_message", cluster_message),
 ];
 
 /// Lower-case hex, for reporting inputs.

@@ -12,8 +12,6 @@
 //! the channel carries them in seq order. Numbering and fan-out are never
 //! two steps (a node dying between them would lose the message).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use redis::Value;
 use sha1::{Digest, Sha1};
@@ -121,22 +119,8 @@ impl Keys {
     }
 }
 
-/// An epoch as the scripts make it (hex digits): anything else in Redis
-/// did not come from ringcast and is not passed on to clients.
-fn epoch(v: &[u8]) -> Option<Arc<str>> {
-    let ok = !v.is_empty() && v.len() <= 32 && v.iter().all(u8::is_ascii_alphanumeric);
-    ok.then(|| std::str::from_utf8(v).ok().map(Arc::from))
-        .flatten()
-}
-
-/// A message on a topic channel: `<seq> <epoch> <json>`.
-pub fn parse_message(payload: &[u8]) -> Option<(u64, Arc<str>, Bytes)> {
-    let mut parts = payload.splitn(3, |&b| b == b' ');
-    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let epoch = epoch(parts.next()?)?;
-    let data = Bytes::copy_from_slice(parts.next()?);
-    Some((seq, epoch, data))
-}
+use ringcast_core::wire::cluster::epoch;
+pub use ringcast_core::wire::cluster::parse_message;
 
 /// The publish script's `{seq, epoch}`.
 pub fn parse_published(v: &Value) -> Option<u64> {
@@ -192,15 +176,6 @@ mod tests {
         assert_eq!(k.channel("a.b"), "rc:{a.b}");
         assert_eq!(k.topic("rc:{a.b}"), Some("a.b"));
         assert_eq!(k.topic("other:{a.b}"), None);
-    }
-
-    #[test]
-    fn messages_parse_and_junk_does_not() {
-        let (seq, e, d) = parse_message(b"42 00ab12 {\"x\": 1 2}").unwrap();
-        assert_eq!((seq, &*e, &d[..]), (42, "00ab12", &b"{\"x\": 1 2}"[..]));
-        for bad in [&b"x 00ab {}"[..], b"1 a\"b {}", b"1 00ab", b""] {
-            assert_eq!(parse_message(bad), None, "{bad:?}");
-        }
     }
 
     #[test]
