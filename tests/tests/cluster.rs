@@ -1691,3 +1691,119 @@ fn clusters_under_different_prefixes_do_not_see_each_other() {
         "every key under a prefix: {keys:?}"
     );
 }
+
+/// `rediss://` with a password: two nodes reach a Redis that only speaks
+/// TLS on the port they are given and wants a password; messages cross;
+/// the password appears in neither node's banner nor `--print-config`.
+/// The certificate authority is made here with `openssl` and named by
+/// `SSL_CERT_FILE` (which the broker's TLS roots honour).
+#[test]
+fn rediss_with_a_password_connects_and_never_prints_it() {
+    let dir = std::env::temp_dir().join(format!("ringcast-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let (ca_key, ca, key, csr, crt) = (
+        path("ca.key"),
+        path("ca.crt"),
+        path("srv.key"),
+        path("srv.csr"),
+        path("srv.crt"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ringcast test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "1",
+        "-extfile",
+        &path("ext.cnf"),
+    ]);
+    let tls_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    redis.cmd(&["CONFIG", "SET", "requirepass", "s3cret-pw"]);
+    // SAFETY (edition 2021: safe): only TLS connections read it, and only
+    // this test makes them.
+    std::env::set_var("SSL_CERT_FILE", &ca);
+    let url = format!("rediss://:s3cret-pw@127.0.0.1:{tls_port}");
+    let args = ["--shards", "2", "--redis", &url, "--redis-prefix", "tls"];
+    let (mut a, b) = (Broker::start(&args), Broker::start(&args));
+    for n in [&a, &b] {
+        wait_until("the node is connected over TLS", || is_ok(n.addr));
+    }
+    let mut sub = Sub::new(a.addr, "tls.t", None);
+    for i in 1..=3 {
+        assert_eq!(http_publish(b.addr, "tls.t", &json!(i)), i);
+    }
+    sub.read_to(3);
+    assert_exact("subscriber over a TLS cluster", &sub.events, 1, 3);
+    assert!(!a.banner.contains("s3cret"), "{}", a.banner);
+    assert!(a.banner.contains("rediss://:***@127.0.0.1"), "{}", a.banner);
+    let printed = std::process::Command::new(broker_binary())
+        .args(["--redis", &url, "--print-config"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("redis = \"rediss://:***@127.0.0.1"),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cret") && !a.stderr().contains("s3cret"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
