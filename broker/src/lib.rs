@@ -16,5 +16,6 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod runtime;
+pub mod uring;
 
 pub use error::{Error, HttpError, ProtocolError};
