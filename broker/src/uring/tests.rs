@@ -605,3 +605,50 @@ fn max_conns_pauses_accepting_until_a_slot_frees() {
         (3, 0, 0)
     );
 }
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// A measurement, not a check: the loop's user-space memory per idle
+/// connection (the slab record, its generation, no buffer), without the
+/// engine's session or the kernel's socket. Run alone:
+/// `cargo test -p ringcast --lib uring::tests::idle_connection_rss -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn idle_connection_rss() {
+    const CONNS: usize = 10_000;
+    let events = Events::default();
+    let log = events.log.clone();
+    let cfg = Config {
+        max_conns: CONNS as u32 + 100,
+        buffers: 1024,
+        ..config()
+    };
+    let server = start(cfg, listener(|_| {}), events, |_| {}, |_| ());
+    let opens = || log.lock().unwrap().len();
+    let mut conns: Vec<TcpStream> = (0..100).map(|_| connect(server.addr)).collect();
+    wait_until("100 opens", || opens() == 100);
+    thread::sleep(Duration::from_millis(200));
+    let before = rss();
+    conns.extend((100..CONNS).map(|_| TcpStream::connect(server.addr).unwrap()));
+    wait_until("every open", || opens() == CONNS);
+    thread::sleep(Duration::from_millis(200));
+    let after = rss();
+    // The test's own log of opens is 40 bytes an entry.
+    let log_bytes = (CONNS - 100) * std::mem::size_of::<Event>();
+    let per_conn = (after - before) as f64 / (CONNS - 100) as f64;
+    eprintln!(
+        "{} idle connections: RSS +{} KiB, {per_conn:.0} B per connection \
+         ({} B of it the test's event log)",
+        CONNS - 100,
+        (after - before) / 1024,
+        log_bytes / (CONNS - 100)
+    );
+    drop(conns);
+    server.stop();
+}
