@@ -30,6 +30,25 @@ pub enum SlowConsumer {
     Conflate,
 }
 
+/// Which runtime drives the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// The default: `tokio-uring`, a reader and a writer task per connection.
+    TokioUring,
+    /// EXPERIMENTAL (issue 12): the completion loop, one shard, `/healthz`,
+    /// `/echo` and `/ws` only.
+    Uring,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::TokioUring => "tokio-uring",
+            Runtime::Uring => "uring",
+        }
+    }
+}
+
 /// `ringcast` command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -47,6 +66,12 @@ pub struct Config {
     /// per available core.
     #[arg(long, env = "RINGCAST_SHARDS", default_value_t = default_shards())]
     pub shards: usize,
+
+    /// The shards' runtime: `tokio-uring` (default) or `uring`, the
+    /// EXPERIMENTAL completion loop of issue 12 (one shard; `/healthz`,
+    /// `/echo`, `/ws` only; anything else it cannot do is refused at start).
+    #[arg(long, env = "RINGCAST_RUNTIME", value_enum, default_value_t = Runtime::TokioUring)]
+    pub runtime: Runtime,
 
     /// Pin shard N to core N (mod the number of cores).
     #[arg(long, env = "RINGCAST_PIN_CORES")]
@@ -460,6 +485,7 @@ impl Config {
         [
             format!("listen = \"{}\"", self.listen),
             format!("shards = {}", self.shards),
+            format!("runtime = \"{}\"", self.runtime.as_str()),
             format!("pin-cores = {}", self.pin_cores),
             format!("max-connections = {}", self.max_connections),
             format!("handshake-timeout = {}", d(self.handshake_timeout)),
@@ -631,6 +657,11 @@ impl Config {
             .map_err(|e| format!("--anonymous-subscribe: {e}"))?;
         crate::runtime::client_ip::parse_proxies(&self.trusted_proxies)
             .map_err(|e| format!("--trusted-proxies: {e}"))?;
+        if self.runtime == Runtime::Uring {
+            if let Some(e) = crate::loop_runtime::unsupported(self) {
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -744,6 +775,12 @@ impl fmt::Display for Config {
             self.shards,
             if self.pin_cores { " (pinned)" } else { "" }
         )?;
+        if self.runtime == Runtime::Uring {
+            writeln!(
+                f,
+                "  runtime            uring (EXPERIMENTAL completion loop)"
+            )?;
+        }
         writeln!(f, "  max-connections    {} per shard", self.max_connections)?;
         writeln!(f, "  handshake-timeout  {:?}", self.handshake_timeout)?;
         writeln!(f, "  ping-interval      {:?}", self.ping_interval)?;

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod loop_runtime;
 pub mod metrics;
 pub mod runtime;
 pub mod uring;

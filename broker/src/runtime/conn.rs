@@ -704,7 +704,7 @@ pub(super) fn json_error_after(
 
 /// Frames a server-role data message. Small payloads are copied behind the
 /// header; large ones keep their buffer and only the header is new.
-fn data_frame(opcode: OpCode, payload: Bytes) -> (Bytes, Option<Bytes>) {
+pub(crate) fn data_frame(opcode: OpCode, payload: Bytes) -> (Bytes, Option<Bytes>) {
     let header = FrameHeader {
         fin: true,
         rsv: 0,

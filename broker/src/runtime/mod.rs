@@ -67,7 +67,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn shard_ready(&self) {
+    pub(crate) fn shard_ready(&self) {
         self.ready.fetch_add(1, Ordering::Release);
     }
 
@@ -110,6 +110,8 @@ pub struct Server {
     epoch: String,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// `--runtime uring`: wakes the loop to see the shutdown at once.
+    waker: Option<crate::uring::Waker>,
 }
 
 impl Server {
@@ -133,6 +135,9 @@ impl Server {
     /// shards exit; [`Server::join`] waits for them.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
     }
 
     /// Waits for every shard thread to exit.
@@ -143,7 +148,7 @@ impl Server {
     }
 }
 
-fn pin_to_core(shard: usize) {
+pub(crate) fn pin_to_core(shard: usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: cpu_set_t is plain data; sched_setaffinity(0, ..) affects
     // only the calling thread.
@@ -182,6 +187,20 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .map(|_| Arc::new(crate::cluster::ClusterStats::default())),
     });
     let (tx, rx) = watch::channel(false);
+    if config.runtime == crate::config::Runtime::Uring {
+        // EXPERIMENTAL (issue 12 step 2): one shard on the completion loop.
+        let listener = listeners.into_iter().next().expect("one listener");
+        let (thread, waker) = crate::loop_runtime::start(listener, config, shared.clone(), rx)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        return Ok(Server {
+            addr,
+            policy,
+            epoch: shared.epoch.clone(),
+            shutdown: tx,
+            threads: vec![thread],
+            waker: Some(waker),
+        });
+    }
     // In a cluster the Redis thread is one more endpoint of the mesh, at
     // index `shards`.
     let endpoints = config.shards + usize::from(config.redis.is_some());
@@ -265,5 +284,6 @@ pub fn start(config: Config) -> Result<Server, Error> {
         epoch: shared.epoch.clone(),
         shutdown: tx,
         threads,
+        waker: None,
     })
 }

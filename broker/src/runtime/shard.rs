@@ -470,7 +470,7 @@ impl Shard {
 }
 
 /// The sweeper's period: fine enough for the shortest configured timeout.
-fn sweep_period(cfg: &Config) -> Duration {
+pub(crate) fn sweep_period(cfg: &Config) -> Duration {
     [
         cfg.handshake_timeout,
         cfg.ping_interval,

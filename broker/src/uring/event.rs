@@ -111,6 +111,13 @@ pub trait Handler {
     fn on_wake(&mut self, ops: &mut Ops<'_>) {
         let _ = ops;
     }
+
+    /// A sendmsg of `conn` wrote `bytes` (more than zero) of what was
+    /// queued: the place to account for them (the engine's `written`) and
+    /// queue more. Not called once the connection is closing.
+    fn on_sent(&mut self, ops: &mut Ops<'_>, conn: ConnId, bytes: usize) {
+        let _ = (ops, conn, bytes);
+    }
 }
 
 /// Counters of one loop.
@@ -429,6 +436,18 @@ impl<H: Handler> Loop<H> {
         &mut self.handler
     }
 
+    /// Runs `f` on the handler with the [`Ops`] a callback gets, between
+    /// turns (a periodic sweep, a shutdown): what it queues leaves with
+    /// the next turn.
+    pub fn with_handler<T>(&mut self, f: impl FnOnce(&mut H, &mut Ops<'_>) -> T) -> T {
+        f(
+            &mut self.handler,
+            &mut Ops {
+                core: &mut self.core,
+            },
+        )
+    }
+
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.core.stats
@@ -632,7 +651,17 @@ impl<H: Handler> Loop<H> {
                 self.bufs.recycle(bid);
             }
             match -res {
-                0 => self.begin_close(id, CloseReason::Peer)?,
+                0 => {
+                    // The peer ended its side; a half-closed peer still
+                    // reads, so what is queued for it goes out first.
+                    let flush = self.core.get(id).is_some_and(Conn::pending);
+                    if flush {
+                        // Closes once the queue is out (no-op if asked).
+                        self.core.close(id);
+                    } else {
+                        self.begin_close(id, CloseReason::Peer)?;
+                    }
+                }
                 libc::ENOBUFS => {
                     // The ring ran dry. Not the connection's fault: arm the
                     // recv again once buffers are back (`prepare`).
@@ -678,6 +707,15 @@ impl<H: Handler> Loop<H> {
             // The rest, and whatever was queued meanwhile, leaves in one
             // sendmsg at the start of the next turn.
             self.core.mark_dirty(id);
+            if written > 0 && !closing {
+                self.handler.on_sent(
+                    &mut Ops {
+                        core: &mut self.core,
+                    },
+                    id,
+                    written,
+                );
+            }
         }
         self.maybe_free(id);
         Ok(())
@@ -888,7 +926,7 @@ impl<H: Handler> Drop for Loop<H> {
 }
 
 /// The soft `RLIMIT_NOFILE`: the kernel refuses a larger fixed-file table.
-fn nofile_limit() -> u64 {
+pub(crate) fn nofile_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -33,6 +33,7 @@ use std::fmt;
 use std::io;
 
 pub use conn::ConnId;
+pub(crate) use event::nofile_limit;
 pub use event::{Action, CloseReason, Config, Handler, Loop, Ops, Stats};
 pub use ring::{Mode, RingInfo, MIN_KERNEL};
 pub use wake::Waker;
