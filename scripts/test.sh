@@ -65,6 +65,22 @@ wait $broker || { echo "broker exited non-zero after SIGTERM"; status=1; }
 trap - EXIT
 [ $status -eq 0 ] || exit $status
 
+step "Autobahn|Testsuite 1.* - 10.* against /echo on the completion loop (--runtime uring, experimental)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/ringcast --listen "127.0.0.1:$port" --shards 1 --runtime uring >"$OUT/autobahn-uring-broker.log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+status=0
+.ci/autobahn.sh "ws://127.0.0.1:$port/echo" "$OUT/autobahn-uring" || status=$?
+kill -TERM $broker
+wait $broker || { echo "broker (--runtime uring) exited non-zero after SIGTERM"; status=1; }
+trap - EXIT
+[ $status -eq 0 ] || exit $status
+
 step "fuzz targets (corpus replay${FUZZ_SECONDS:+, ${FUZZ_SECONDS}s live per target})"
 fuzz/run.sh "$FUZZ_SECONDS"
 
