@@ -49,37 +49,33 @@ step "demo page in headless Chromium (playwright-core, Debian chromium)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 RINGCAST_BIN="$PWD/target/release/ringcast" OUT="$OUT" node --test tests/browser/demo.test.mjs
 
+# autobahn NAME BROKER-FLAGS...: Autobahn 1.* - 10.* against /echo of a
+# broker started with those flags; reports in $OUT/NAME, its log in
+# $OUT/NAME-broker.log. Fails the run if a case fails or the broker does
+# not exit 0 on SIGTERM.
+autobahn() {
+  local name=$1 port broker status=0
+  shift
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ./target/release/ringcast --listen "127.0.0.1:$port" "$@" >"$OUT/$name-broker.log" 2>&1 &
+  broker=$!
+  trap "kill $broker 2>/dev/null || true" EXIT
+  for _ in $(seq 50); do
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  .ci/autobahn.sh "ws://127.0.0.1:$port/echo" "$OUT/$name" || status=$?
+  kill -TERM $broker
+  wait $broker || { echo "broker ($*) exited non-zero after SIGTERM"; status=1; }
+  trap - EXIT
+  [ $status -eq 0 ] || exit $status
+}
+
 step "Autobahn|Testsuite 1.* - 10.* against /echo"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/ringcast --listen "127.0.0.1:$port" --shards 2 >"$OUT/autobahn-broker.log" 2>&1 &
-broker=$!
-trap 'kill $broker 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-status=0
-.ci/autobahn.sh "ws://127.0.0.1:$port/echo" "$OUT/autobahn" || status=$?
-kill -TERM $broker
-wait $broker || { echo "broker exited non-zero after SIGTERM"; status=1; }
-trap - EXIT
-[ $status -eq 0 ] || exit $status
+autobahn autobahn --shards 2
 
 step "Autobahn|Testsuite 1.* - 10.* against /echo on the completion loop (--runtime uring, experimental)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/ringcast --listen "127.0.0.1:$port" --shards 1 --runtime uring >"$OUT/autobahn-uring-broker.log" 2>&1 &
-broker=$!
-trap 'kill $broker 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-status=0
-.ci/autobahn.sh "ws://127.0.0.1:$port/echo" "$OUT/autobahn-uring" || status=$?
-kill -TERM $broker
-wait $broker || { echo "broker (--runtime uring) exited non-zero after SIGTERM"; status=1; }
-trap - EXIT
-[ $status -eq 0 ] || exit $status
+autobahn autobahn-uring --shards 1 --runtime uring
 
 step "fuzz targets (corpus replay${FUZZ_SECONDS:+, ${FUZZ_SECONDS}s live per target})"
 fuzz/run.sh "$FUZZ_SECONDS"
