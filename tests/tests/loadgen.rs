@@ -56,10 +56,10 @@ fn finish(mut child: Child) -> Run {
     }
 }
 
-fn spawn(broker: &str, args: &[&str]) -> Child {
+/// The loadgen with exactly `args` (several `--broker`s, say), its
+/// output piped.
+fn spawn_args(args: &[&str]) -> Child {
     Command::new(loadgen_binary())
-        .arg("--broker")
-        .arg(broker)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,8 +67,21 @@ fn spawn(broker: &str, args: &[&str]) -> Child {
         .expect("start ringcast-loadgen")
 }
 
+fn spawn(broker: &str, args: &[&str]) -> Child {
+    spawn_args(&[&["--broker", broker], args].concat())
+}
+
 fn loadgen(broker: &Broker, args: &[&str]) -> Run {
     finish(spawn(&format!("http://{}", broker.addr), args))
+}
+
+/// A `--json` run with exactly `args` that must succeed: its output and
+/// its one JSON document.
+fn json_run(args: &[&str]) -> (Run, Value) {
+    let run = finish(spawn_args(args));
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    let doc = serde_json::from_str(&run.stdout).expect("one JSON document");
+    (run, doc)
 }
 
 /// The checks every transport's entry must pass: everything published
@@ -373,22 +386,36 @@ fn two_broker_urls_split_subscribers_and_publishers_and_lose_nothing() {
         format!("http://localhost:{port}"),
     );
     let pid = broker.pid().to_string();
-    let run = finish(
-        Command::new(loadgen_binary())
-            .args(["--broker", &a, "--broker", &b, "--broker-pid", &pid])
-            .args(["--json", "--publish-via", "http", "compare"])
-            .args(["--transports", "ws,sse,long-poll", "--subs", "6"])
-            .args(["--topics", "2", "--publishers", "2", "--rate", "100"])
-            .args(["--duration", "1s", "--drain", "10s", "--pause", "100ms"])
-            .arg("--require-perfect")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ringcast-loadgen"),
-    );
-    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    let (run, doc) = json_run(&[
+        "--broker",
+        &a,
+        "--broker",
+        &b,
+        "--broker-pid",
+        &pid,
+        "--json",
+        "--publish-via",
+        "http",
+        "compare",
+        "--transports",
+        "ws,sse,long-poll",
+        "--subs",
+        "6",
+        "--topics",
+        "2",
+        "--publishers",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--pause",
+        "100ms",
+        "--require-perfect",
+    ]);
     assert!(run.stderr.contains("to 2 brokers ("), "{}", run.stderr);
-    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
     for r in doc["transports"].as_array().unwrap() {
         assert_perfect(r);
         let name = r["transport"].as_str().unwrap();
@@ -422,30 +449,28 @@ fn every_transport_connects_where_the_assignment_says() {
     );
     let (url_a, url_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
     for (publish_broker, publish_via, served) in [(None, "ws", 1), (Some(&url_a), "http", 0)] {
-        let mut cmd = Command::new(loadgen_binary());
-        cmd.args(["--broker", &url_a, "--broker", &url_b]);
+        let mut args = vec!["--broker", &url_a, "--broker", &url_b];
         if let Some(p) = publish_broker {
-            cmd.args(["--publish-broker", p]);
+            args.extend(["--publish-broker", p]);
         }
-        let run = finish(
-            cmd.args(["--json", "--publish-via", publish_via, "compare"])
-                .args(["--subs", "2", "--topics", "2", "--rate", "40"])
-                .args([
-                    "--duration",
-                    "500ms",
-                    "--drain",
-                    "500ms",
-                    "--pause",
-                    "100ms",
-                ])
-                .args(["--poll-interval", "20ms"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start ringcast-loadgen"),
-        );
-        assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
-        let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+        args.extend([
+            "--json",
+            "--publish-via",
+            publish_via,
+            "compare",
+            "--subs",
+            "2",
+        ]);
+        args.extend(["--topics", "2", "--rate", "40", "--duration", "500ms"]);
+        args.extend([
+            "--drain",
+            "500ms",
+            "--pause",
+            "100ms",
+            "--poll-interval",
+            "20ms",
+        ]);
+        let (_, doc) = json_run(&args);
         let runs = doc["transports"].as_array().unwrap();
         assert_eq!(runs.len(), 4);
         for r in runs {
@@ -537,28 +562,37 @@ fn the_loadgen_drives_a_two_node_cluster_and_reports_every_process() {
     let (ua, ub) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
     let (pa, pb, pr) = (a.pid().to_string(), b.pid().to_string(), redis.pid());
     let redis_pid = format!("redis={pr}");
-    let run = finish(
-        Command::new(loadgen_binary())
-            .args(["--broker", &ua, "--broker", &ub])
-            .args([
-                "--broker-pid",
-                &pa,
-                "--broker-pid",
-                &pb,
-                "--pid",
-                &redis_pid,
-            ])
-            .args(["--json", "compare", "--transports", "ws,sse,long-poll"])
-            .args(["--subs", "8", "--topics", "2", "--publishers", "2"])
-            .args(["--rate", "100", "--duration", "1s", "--drain", "10s"])
-            .args(["--pause", "100ms", "--require-perfect"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ringcast-loadgen"),
-    );
-    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
-    let doc: Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    let (_, doc) = json_run(&[
+        "--broker",
+        &ua,
+        "--broker",
+        &ub,
+        "--broker-pid",
+        &pa,
+        "--broker-pid",
+        &pb,
+        "--pid",
+        &redis_pid,
+        "--json",
+        "compare",
+        "--transports",
+        "ws,sse,long-poll",
+        "--subs",
+        "8",
+        "--topics",
+        "2",
+        "--publishers",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--pause",
+        "100ms",
+        "--require-perfect",
+    ]);
     for r in doc["transports"].as_array().unwrap() {
         assert_perfect(r);
         let name = r["transport"].as_str().unwrap();
