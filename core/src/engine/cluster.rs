@@ -327,8 +327,13 @@ impl<R: Route> Engine<R> {
             return;
         }
         self.stats.published += 1;
-        let interested = m.interested.clone();
-        self.forward(topic, seq, &frame, interested);
+        // Lent out for the forwarding (no copy of the list per message):
+        // sending never re-enters the engine, so the mirror is still there.
+        let interested = std::mem::take(&mut m.interested);
+        self.forward(topic, seq, &frame, &interested);
+        if let Some(m) = self.mirrors.topics.get_mut(topic) {
+            m.interested = interested;
+        }
     }
 
     fn mirror_answer_waiting(&mut self, topic: &Arc<str>) {

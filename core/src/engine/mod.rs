@@ -745,7 +745,7 @@ impl<R: Route> Engine<R> {
         let seq = match result {
             Ok((seq, frame, interested)) => {
                 self.stats.published += 1;
-                self.forward(&topic, seq, &frame, interested);
+                self.forward(&topic, seq, &frame, &interested);
                 Ok(seq)
             }
             Err(code) => Err(code),
@@ -762,8 +762,8 @@ impl<R: Route> Engine<R> {
     }
 
     /// Sends a message's frame to the shards with subscribers.
-    fn forward(&mut self, topic: &Arc<str>, seq: u64, frame: &Bytes, to: Vec<ShardId>) {
-        for dst in to {
+    fn forward(&mut self, topic: &Arc<str>, seq: u64, frame: &Bytes, to: &[ShardId]) {
+        for &dst in to {
             let msg = Msg::Deliver {
                 topic: topic.clone(),
                 seq,

@@ -104,15 +104,24 @@ fn op_topic(op: &str, topic: &str, id: &Option<Id>) -> Bytes {
 /// that resumes with `since` compares epochs to tell a continuation from a
 /// new stream. It comes before any replay, so the client can decide first.
 pub fn subscribed(topic: &str, epoch: &str, id: &Option<Id>) -> Bytes {
+    let mut out = op_topic_epoch("subscribed", topic, epoch);
+    put_id(&mut out, id);
+    out.put_u8(b'}');
+    finish(out)
+}
+
+/// `{"op":OP,"topic":T,"epoch":E`: the start the objects that name a
+/// topic's epoch share; the caller adds its fields and the `}`.
+fn op_topic_epoch(op: &str, topic: &str, epoch: &str) -> BytesMut {
     let mut out = begin(64 + topic.len() + epoch.len());
-    out.put_slice(b"{\"op\":\"subscribed\",\"topic\":\"");
+    out.put_slice(b"{\"op\":\"");
+    out.put_slice(op.as_bytes());
+    out.put_slice(b"\",\"topic\":\"");
     out.put_slice(topic.as_bytes());
     out.put_slice(b"\",\"epoch\":\"");
     out.put_slice(epoch.as_bytes());
     out.put_u8(b'"');
-    put_id(&mut out, id);
-    out.put_u8(b'}');
-    finish(out)
+    out
 }
 
 /// `{"op":"unsubscribed","topic":T,"id":...}`
@@ -205,12 +214,8 @@ pub fn skipped(topic: &str, from: u64, to: u64) -> Bytes {
 /// seqs that follow continue from `N`, and what the client had resumed
 /// from means nothing any more.
 pub fn reset(topic: &str, epoch: &str, last_seq: u64) -> Bytes {
-    let mut out = begin(64 + topic.len() + epoch.len());
-    out.put_slice(b"{\"op\":\"reset\",\"topic\":\"");
-    out.put_slice(topic.as_bytes());
-    out.put_slice(b"\",\"epoch\":\"");
-    out.put_slice(epoch.as_bytes());
-    out.put_slice(b"\",\"last_seq\":");
+    let mut out = op_topic_epoch("reset", topic, epoch);
+    out.put_slice(b",\"last_seq\":");
     put_u64(&mut out, last_seq);
     out.put_u8(b'}');
     finish(out)
@@ -405,6 +410,10 @@ mod tests {
         assert_eq!(
             &sse_subscribed("t.x", "00ff")[..],
             &b"event: subscribed\ndata: {\"op\":\"subscribed\",\"topic\":\"t.x\",\"epoch\":\"00ff\"}\n\n"[..]
+        );
+        assert_eq!(
+            &sse_reset("t.x", "00ff", 3)[..],
+            &b"event: reset\ndata: {\"op\":\"reset\",\"topic\":\"t.x\",\"epoch\":\"00ff\",\"last_seq\":3}\n\n"[..]
         );
         let body = poll_body(None, &[f.clone(), message("t.x", 8, b"2")], 1 << 20);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
