@@ -1278,6 +1278,32 @@ enum SinceFrom {
     OtherNode,
 }
 
+/// Publishes `n` messages to `topic` on `addr` in 15 pipelined bursts
+/// (so that the flood lasts while resumes run), counting the acknowledged
+/// ones in `acked`; sets `done` at the end. Returns every (seq, data).
+fn flood(
+    addr: SocketAddr,
+    topic: &str,
+    n: u64,
+    acked: &AtomicU64,
+    done: &AtomicBool,
+) -> Vec<(u64, Value)> {
+    let mut all = Vec::new();
+    for burst in 0..15 {
+        let tag = format!("a{burst}");
+        all.extend(publish_pipelined(
+            addr,
+            topic,
+            &tag,
+            (n / 15) as usize,
+            None,
+            Some(acked),
+        ));
+    }
+    done.store(true, Ordering::SeqCst);
+    all
+}
+
 /// Node A is flooded (3000 pipelined publishes in bursts) while clients
 /// on node B, which has a subscriber of its own all along, subscribe again
 /// and again with `since` at various distances behind the newest seq;
@@ -1298,22 +1324,7 @@ fn flood_and_resume(prefix: &str, since_from: SinceFrom, offsets: &[u64]) -> (us
     let seen_on_b = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let (published, resumes) = std::thread::scope(|scope| {
-        let publisher = scope.spawn(|| {
-            let mut all = Vec::new();
-            // Bursts, so that the flood lasts while the resumes run.
-            for burst in 0..15 {
-                all.extend(publish_pipelined(
-                    a.addr,
-                    topic,
-                    &format!("a{burst}"),
-                    (N / 15) as usize,
-                    None,
-                    Some(&acked),
-                ));
-            }
-            done.store(true, Ordering::SeqCst);
-            all
-        });
+        let publisher = scope.spawn(|| flood(a.addr, topic, N, &acked, &done));
         let reader = scope.spawn(|| {
             let deadline = Instant::now() + Duration::from_secs(30);
             while last_seq(&steady.events) < N {
@@ -1410,21 +1421,7 @@ fn resubscribing_on_a_node_that_watches_the_topic_anew_during_a_flood_is_contigu
     let acked = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let (published, runs) = std::thread::scope(|scope| {
-        let publisher = scope.spawn(|| {
-            let mut all = Vec::new();
-            for burst in 0..15 {
-                all.extend(publish_pipelined(
-                    a.addr,
-                    topic,
-                    &format!("a{burst}"),
-                    (N / 15) as usize,
-                    None,
-                    Some(&acked),
-                ));
-            }
-            done.store(true, Ordering::SeqCst);
-            all
-        });
+        let publisher = scope.spawn(|| flood(a.addr, topic, N, &acked, &done));
         let mut runs = Vec::new();
         let mut s = Sub::new(b.addr, topic, Some(0));
         let epoch = s.epoch.clone();
