@@ -75,6 +75,24 @@ fn loadgen(broker: &Broker, args: &[&str]) -> Run {
     finish(spawn(&format!("http://{}", broker.addr), args))
 }
 
+/// The tail of a short `compare` that must be perfect: 2 topics, 2
+/// publishers at 100 msg/s for 1 s.
+const TWO_TOPIC_RUN: &[&str] = &[
+    "--topics",
+    "2",
+    "--publishers",
+    "2",
+    "--rate",
+    "100",
+    "--duration",
+    "1s",
+    "--drain",
+    "10s",
+    "--pause",
+    "100ms",
+    "--require-perfect",
+];
+
 /// A `--json` run with exactly `args` that must succeed: its output and
 /// its one JSON document.
 fn json_run(args: &[&str]) -> (Run, Value) {
@@ -386,7 +404,7 @@ fn two_broker_urls_split_subscribers_and_publishers_and_lose_nothing() {
         format!("http://localhost:{port}"),
     );
     let pid = broker.pid().to_string();
-    let (run, doc) = json_run(&[
+    let mut args = vec![
         "--broker",
         &a,
         "--broker",
@@ -394,27 +412,16 @@ fn two_broker_urls_split_subscribers_and_publishers_and_lose_nothing() {
         "--broker-pid",
         &pid,
         "--json",
+    ];
+    args.extend([
         "--publish-via",
         "http",
         "compare",
         "--transports",
         "ws,sse,long-poll",
-        "--subs",
-        "6",
-        "--topics",
-        "2",
-        "--publishers",
-        "2",
-        "--rate",
-        "100",
-        "--duration",
-        "1s",
-        "--drain",
-        "10s",
-        "--pause",
-        "100ms",
-        "--require-perfect",
     ]);
+    args.extend(["--subs", "6"]);
+    let (run, doc) = json_run(&[&args, TWO_TOPIC_RUN].concat());
     assert!(run.stderr.contains("to 2 brokers ("), "{}", run.stderr);
     for r in doc["transports"].as_array().unwrap() {
         assert_perfect(r);
@@ -562,37 +569,17 @@ fn the_loadgen_drives_a_two_node_cluster_and_reports_every_process() {
     let (ua, ub) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
     let (pa, pb, pr) = (a.pid().to_string(), b.pid().to_string(), redis.pid());
     let redis_pid = format!("redis={pr}");
-    let (_, doc) = json_run(&[
-        "--broker",
-        &ua,
-        "--broker",
-        &ub,
-        "--broker-pid",
-        &pa,
+    let mut args = vec!["--broker", &ua, "--broker", &ub, "--broker-pid", &pa];
+    args.extend([
         "--broker-pid",
         &pb,
         "--pid",
         &redis_pid,
         "--json",
         "compare",
-        "--transports",
-        "ws,sse,long-poll",
-        "--subs",
-        "8",
-        "--topics",
-        "2",
-        "--publishers",
-        "2",
-        "--rate",
-        "100",
-        "--duration",
-        "1s",
-        "--drain",
-        "10s",
-        "--pause",
-        "100ms",
-        "--require-perfect",
     ]);
+    args.extend(["--transports", "ws,sse,long-poll", "--subs", "8"]);
+    let (_, doc) = json_run(&[&args, TWO_TOPIC_RUN].concat());
     for r in doc["transports"].as_array().unwrap() {
         assert_perfect(r);
         let name = r["transport"].as_str().unwrap();
