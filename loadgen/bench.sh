@@ -64,29 +64,7 @@ start_broker() {
 # seen during the run ("host.other_cores").
 QUIET=${QUIET:-0.15}
 QUIET_WAIT=${QUIET_WAIT:-900}
-busy_cores() {
-  local a b
-  a=$(head -n 1 /proc/stat)
-  sleep 3
-  b=$(head -n 1 /proc/stat)
-  awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN {
-    split(a, x); split(b, y);
-    busy = (y[2]+y[3]+y[4]+y[7]+y[8]) - (x[2]+x[3]+x[4]+x[7]+x[8]);
-    tot = 0; for (i = 2; i <= 9; i++) tot += y[i] - x[i];
-    printf "%.2f", busy / tot * n }'
-}
-wait_quiet() {
-  local waited=0 b
-  while :; do
-    b=$(busy_cores)
-    if awk -v b="$b" -v q="$QUIET" 'BEGIN { exit !(b < q) }'; then return 0; fi
-    if [ "$waited" -ge "$QUIET_WAIT" ]; then
-      echo "   machine still busy ($b cores) after ${waited}s; measuring anyway"
-      return 0
-    fi
-    waited=$((waited + 3))
-  done
-}
+. "$(dirname "$0")/../scripts/lib/quiet.sh"
 
 # run NAME LOADGEN-ARGS...: one fresh broker, one loadgen run, JSON kept.
 run() {

@@ -197,31 +197,8 @@ start_broker() {
   return 1
 }
 
-# Machine-wide busy cores over 3 s (from /proc/stat), as loadgen/bench.sh.
-busy_cores() {
-  local a b
-  a=$(head -n 1 /proc/stat)
-  sleep 3
-  b=$(head -n 1 /proc/stat)
-  awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN {
-    split(a, x); split(b, y);
-    busy = (y[2]+y[3]+y[4]+y[7]+y[8]) - (x[2]+x[3]+x[4]+x[7]+x[8]);
-    tot = 0; for (i = 2; i <= 9; i++) tot += y[i] - x[i];
-    printf "%.2f", busy / tot * n }'
-}
-wait_quiet() {
-  local waited=0 b
-  [ "$QUIET_WAIT" -gt 0 ] || return 0
-  while :; do
-    b=$(busy_cores)
-    if awk -v b="$b" -v q="$QUIET" 'BEGIN { exit !(b < q) }'; then return 0; fi
-    if [ "$waited" -ge "$QUIET_WAIT" ]; then
-      log "   machine still busy ($b cores) after ${waited}s; measuring anyway"
-      return 0
-    fi
-    waited=$((waited + 3))
-  done
-}
+quiet_log=log
+. "$(dirname "$0")/lib/quiet.sh"
 
 # run_one SCENARIO SIDE ROUND SHARDS CPUS LOADGEN-ARGS...: one fresh broker
 # (SIDE's binary), one loadgen run; its JSON report (or error) becomes one
