@@ -122,7 +122,8 @@ impl Mirrors {
         self.topics.entry(topic).or_insert_with(Mirror::new)
     }
 
-    /// Bytes retained across the mirrors (the `retained_bytes` gauge).
+    /// Bytes retained across the mirrors: what the `retained_bytes` gauge,
+    /// kept as they change, must equal (checked by `Engine::audit`).
     pub fn retained(&self) -> usize {
         self.topics.values().map(|m| m.log.retained().1).sum()
     }

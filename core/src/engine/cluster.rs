@@ -66,7 +66,7 @@ impl<R: Route> Engine<R> {
                 return self.send_always(from, msg);
             }
             self.mirrors.insert(topic.clone());
-            self.mirror_gauges();
+            self.stats.topics = self.mirrors.len() as i64;
         }
         let m = self.mirrors.topics.get_mut(&topic).expect("inserted");
         if !m.interested.contains(&from) {
@@ -113,10 +113,17 @@ impl<R: Route> Engine<R> {
         };
         m.interested.retain(|&d| d != from);
         if m.interested.is_empty() && m.waiting.is_empty() {
-            self.mirrors.topics.remove(&topic);
-            self.send_always(backend, Msg::Unwatch { topic });
-            self.mirror_gauges();
+            self.drop_mirror(backend, topic);
         }
+    }
+
+    /// Forgets a mirror nobody wants any more and tells the backend.
+    fn drop_mirror(&mut self, backend: ShardId, topic: Arc<str>) {
+        if let Some(m) = self.mirrors.topics.remove(&topic) {
+            self.stats.retained_bytes -= m.log.retained().1 as i64;
+        }
+        self.stats.topics = self.mirrors.len() as i64;
+        self.send_always(backend, Msg::Unwatch { topic });
     }
 
     /// The backend's answer to a watch or a fill.
@@ -138,14 +145,7 @@ impl<R: Route> Engine<R> {
                 // The stream cannot be read: the subscribes waiting for it
                 // are refused, and nobody else wants the topic yet.
                 let waiting = std::mem::take(&mut m.waiting);
-                self.mirrors.topics.remove(&topic);
-                self.send_always(
-                    backend,
-                    Msg::Unwatch {
-                        topic: topic.clone(),
-                    },
-                );
-                self.mirror_gauges();
+                self.drop_mirror(backend, topic.clone());
                 for w in waiting {
                     let msg = Msg::SubAck {
                         topic: topic.clone(),
@@ -208,6 +208,7 @@ impl<R: Route> Engine<R> {
                 .entries
                 .first()
                 .map_or(head.last_seq, |&(seq, _)| seq.saturating_sub(1));
+            self.stats.retained_bytes -= m.log.retained().1 as i64;
             m.log = TopicLog::starting_at(base);
             m.epoch = Some(head.epoch.clone());
             if reset {
@@ -370,7 +371,6 @@ impl<R: Route> Engine<R> {
             };
             self.send_always(from, msg);
         }
-        self.mirror_gauges();
     }
 
     /// Checks the mirrors against the gauges and the limits (see
@@ -398,11 +398,6 @@ impl<R: Route> Engine<R> {
             }
         }
         Ok(())
-    }
-
-    fn mirror_gauges(&mut self) {
-        self.stats.topics = self.mirrors.len() as i64;
-        self.stats.retained_bytes = self.mirrors.retained() as i64;
     }
 
     /// On a subscriber shard: the topic's stream started again under a
