@@ -556,14 +556,12 @@ impl Backend {
             let connected = timeout(self.s.timeout * 2, self.client.get_async_pubsub()).await;
             let pubsub = match connected {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    self.sub_lost(&format!("subscription: {e}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(_) => {
-                    self.sub_lost("subscription: connect timed out");
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => format!("subscription: {e}"),
+                        _ => "subscription: connect timed out".to_string(),
+                    };
+                    self.sub_lost(&why);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
