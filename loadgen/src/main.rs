@@ -127,6 +127,14 @@ struct Cli {
     /// Connecting and subscribing every client, in total.
     #[arg(long, value_parser = parse_duration, default_value = "120s", global = true)]
     setup_timeout: Duration,
+    /// Threads the load generator's connections are spread over, round
+    /// robin, each a single-threaded runtime: `fanout`/`compare`
+    /// subscribers on N threads and publishers on min(N, --publishers)
+    /// threads of their own; `conns` and `echo` connections on N threads.
+    /// One thread near a full core makes the load generator the limit (the
+    /// report says so); more threads let it use more cores. 1 to 64.
+    #[arg(long, default_value_t = 1, global = true, value_name = "N")]
+    threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -156,6 +164,9 @@ fn emit<R: Serialize + std::fmt::Display>(json: bool, r: &R) {
         println!("{r}");
     }
 }
+
+/// At most this many `--threads`.
+const MAX_THREADS: usize = 64;
 
 /// At most this many `--broker` (and, apart, `--publish-broker`) URLs.
 const MAX_BROKERS: usize = 256;
@@ -214,6 +225,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             return Err(format!("{flag} must be in [1ms, 1h], got {d:?}"));
         }
     }
+    if !(1..=MAX_THREADS).contains(&cli.threads) {
+        return Err(format!(
+            "--threads must be in 1..={MAX_THREADS}, got {}",
+            cli.threads
+        ));
+    }
     if cli.token.as_deref() == Some("") {
         return Err("--token is empty".into());
     }
@@ -239,6 +256,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         setup_timeout: cli.setup_timeout,
         json: cli.json,
         token: cli.token.map(Into::into),
+        threads: cli.threads,
     };
     if (cli.csv || cli.plot.is_some())
         && !matches!(cli.scenario, Scenario::Fanout(_) | Scenario::Compare(_))
@@ -329,5 +347,33 @@ fn main() -> ExitCode {
             // Worker threads may still hold connections; do not wait for them.
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn threads_is_global_and_still_parses_after_the_scenario() {
+        for args in [
+            &["ringcast-loadgen", "fanout", "--threads", "2"][..],
+            &["ringcast-loadgen", "--threads", "2", "fanout"],
+            &["ringcast-loadgen", "compare", "--threads", "2"],
+            &["ringcast-loadgen", "conns", "--threads", "2"],
+            &["ringcast-loadgen", "echo", "--threads", "2"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.threads, 2, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["ringcast-loadgen", "echo"]).unwrap();
+        assert_eq!(cli.threads, 1);
     }
 }

@@ -32,9 +32,6 @@ pub struct ConnsArgs {
     /// Topics the connections are spread over.
     #[arg(long, default_value_t = 100)]
     pub topics: usize,
-    /// Threads the connections are spread over.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -55,7 +52,6 @@ impl ConnsArgs {
         let bounded = [
             ("--conns", self.conns, 1, 500_000),
             ("--topics", self.topics, 1, 100_000),
-            ("--threads", self.threads, 1, 64),
             ("--connect-concurrency", self.connect_concurrency, 1, 10_000),
         ];
         for (flag, v, lo, hi) in bounded {
@@ -123,8 +119,8 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     let started = Instant::now();
     let t0 = mono_ns();
     let mut threads = Vec::new();
-    for t in 0..args.threads {
-        let mine = share(args.conns, args.threads, t);
+    for t in 0..common.threads {
+        let mine = share(args.conns, common.threads, t);
         let (common, args, topics) = (common.clone(), args.clone(), topics.clone());
         let (notes, phase) = (note_tx.clone(), phase_rx.clone());
         threads.push(spawn_runtime_thread(format!("conns-{t}"), move || {
@@ -136,7 +132,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     let mut subscribe = Latency::new();
     let (mut last_hs, mut last_sub) = (t0, t0);
     let deadline = started + common.setup_timeout;
-    for _ in 0..args.threads {
+    for _ in 0..common.threads {
         match recv_until(&notes, deadline, "opening connections (--setup-timeout)")? {
             Note::Ready(o) => {
                 handshake.merge(&o.handshake);
@@ -174,7 +170,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     phase_tx.send_replace(Phase::Stop);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut closed = 0;
-    while closed < args.threads {
+    while closed < common.threads {
         match recv_until(&notes, deadline, "closing connections") {
             Ok(Note::Closed) => closed += 1,
             Ok(_) => {}
@@ -239,7 +235,7 @@ async fn conns_thread(
 ) {
     let n = mine.len();
     let gate = Rc::new(Semaphore::new(
-        args.connect_concurrency.div_ceil(args.threads).max(1),
+        args.connect_concurrency.div_ceil(common.threads).max(1),
     ));
     let acc = Rc::new(RefCell::new((
         Opened {

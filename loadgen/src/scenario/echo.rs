@@ -1,7 +1,7 @@
 //! `echo`: closed-loop round trips against `/echo`, every byte verified.
 //! N connections each send M binary messages with up to `window` in
 //! flight; checks the broker's echo path (not pub/sub). Connection `i`
-//! goes to `--broker` `i % N`.
+//! goes to `--broker` `i % N` and runs on thread `i % --threads`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -11,7 +11,7 @@ use std::time::Instant;
 use ringcast_proto::frame::OpCode;
 use ringcast_proto::websocket::Event;
 
-use super::{spawn_runtime_thread, Common};
+use super::{share, spawn_runtime_thread, Common};
 use crate::report::EchoReport;
 use crate::stats::Latency;
 use crate::sys::mono_ns;
@@ -38,26 +38,25 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
     if args.conns == 0 || args.conns > 10_000 || args.messages > 100_000_000 {
         return Err("--conns must be in 1..=10000 and --messages at most 100000000".into());
     }
-    let (common2, args2) = (common.clone(), args.clone());
     let start = Instant::now();
-    let (rtt, total) = spawn_runtime_thread("echo".into(), move || async move {
-        let rtt = Rc::new(RefCell::new(Latency::new()));
-        let mut tasks = Vec::new();
-        for i in 0..args2.conns {
-            let (common, args, rtt) = (common2.clone(), args2.clone(), rtt.clone());
-            tasks.push(tokio::task::spawn_local(async move {
-                echo_conn(&common, i, &args, &rtt).await
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.map_err(|e| format!("echo task: {e}"))??;
-        }
-        let rtt = rtt.borrow().clone();
-        Ok::<_, String>((rtt, total))
-    })
-    .join()
-    .map_err(|_| "the echo thread panicked".to_string())??;
+    // Connection `i` on thread `i % --threads`; no thread without one.
+    let n_threads = common.threads.min(args.conns);
+    let threads: Vec<_> = (0..n_threads)
+        .map(|t| {
+            let mine = share(args.conns, n_threads, t);
+            let (common, args) = (common.clone(), args.clone());
+            spawn_runtime_thread(format!("echo-{t}"), move || echo_thread(common, args, mine))
+        })
+        .collect();
+    let mut rtt = Latency::new();
+    let mut total = 0;
+    for t in threads {
+        let (r, n) = t
+            .join()
+            .map_err(|_| "an echo thread panicked".to_string())??;
+        rtt.merge(&r);
+        total += n;
+    }
     let secs = start.elapsed().as_secs_f64();
     Ok(EchoReport {
         brokers: common.shares(args.conns, 0),
@@ -70,6 +69,25 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
         messages_per_s: total as f64 / secs,
         round_trip: rtt.summary(),
     })
+}
+
+/// Runs the echo connections `mine` to the end; their round trips and
+/// how many echoes were verified.
+async fn echo_thread(common: Common, args: EchoArgs, mine: Vec<usize>) -> Result<(Latency, u64)> {
+    let rtt = Rc::new(RefCell::new(Latency::new()));
+    let mut tasks = Vec::new();
+    for i in mine {
+        let (common, args, rtt) = (common.clone(), args.clone(), rtt.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            echo_conn(&common, i, &args, &rtt).await
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| format!("echo task: {e}"))??;
+    }
+    let rtt = rtt.borrow().clone();
+    Ok((rtt, total))
 }
 
 async fn echo_conn(

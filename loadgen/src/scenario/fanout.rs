@@ -69,10 +69,6 @@ pub struct FanoutArgs {
     /// After publishing stops, how long to wait for late deliveries.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
-    /// Threads the subscribers are spread over (each one single-threaded
-    /// runtime). Publishers have a thread of their own.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
     /// Connection attempts in flight at once during setup.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -92,7 +88,6 @@ impl FanoutArgs {
             ("--subs", self.subs, 1, 200_000),
             ("--topics", self.topics, 1, 100_000),
             ("--publishers", self.publishers, 1, 1_000),
-            ("--threads", self.threads, 1, 64),
             ("--connect-concurrency", self.connect_concurrency, 1, 10_000),
             ("--payload", self.payload, 0, 16 << 20),
         ];
@@ -139,9 +134,83 @@ struct PubResult {
     /// What the publisher connections moved while publishing.
     wire: Wire,
     lag: Latency,
+    /// First and last write (0 and 0: this thread wrote nothing).
     first_ns: u64,
     last_ns: u64,
     cpu: Duration,
+}
+
+impl PubResult {
+    fn new(topics: usize) -> PubResult {
+        PubResult {
+            sent_per_topic: vec![0; topics],
+            wire: Wire::default(),
+            lag: Latency::new(),
+            first_ns: 0,
+            last_ns: 0,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// Adds another publisher thread's result to this one.
+    fn merge(&mut self, o: &PubResult) {
+        for (a, b) in self.sent_per_topic.iter_mut().zip(&o.sent_per_topic) {
+            *a += b;
+        }
+        self.wire.add(&o.wire);
+        self.lag.merge(&o.lag);
+        if o.first_ns != 0 && (self.first_ns == 0 || o.first_ns < self.first_ns) {
+            self.first_ns = o.first_ns;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.cpu += o.cpu;
+    }
+}
+
+/// How many threads the publishers get: `--threads`, but no thread
+/// without a publisher.
+fn publisher_threads(threads: usize, publishers: usize) -> usize {
+    threads.min(publishers).max(1)
+}
+
+/// The messages one publisher thread sends, in schedule order, with the
+/// slot (index into the thread's own publishers) each goes out on:
+/// message `k` goes out on publisher `k % P`, so a thread holding
+/// publishers `mine` (ascending) sends `k = round * P + p` for each `p`
+/// of `mine`, round after round.
+struct Schedule<'a> {
+    mine: &'a [usize],
+    publishers: u64,
+    round: u64,
+    slot: usize,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(mine: &'a [usize], publishers: usize) -> Schedule<'a> {
+        assert!(!mine.is_empty(), "a publisher thread has a publisher");
+        Schedule {
+            mine,
+            publishers: publishers as u64,
+            round: 0,
+            slot: 0,
+        }
+    }
+
+    /// The next message: its number `k` and the slot it goes out on.
+    fn peek(&self) -> (u64, usize) {
+        (
+            self.round * self.publishers + self.mine[self.slot] as u64,
+            self.slot,
+        )
+    }
+
+    fn advance(&mut self) {
+        self.slot += 1;
+        if self.slot == self.mine.len() {
+            self.slot = 0;
+            self.round += 1;
+        }
+    }
 }
 
 struct SubResult {
@@ -206,34 +275,37 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         common.brokers_text()
     ));
     let setup_started = Instant::now();
+    let sub_threads = common.threads;
+    let pub_threads = publisher_threads(common.threads, args.publishers);
     let mut threads = Vec::new();
-    for t in 0..args.threads {
-        let mine = share(args.subs, args.threads, t);
+    for t in 0..sub_threads {
+        let mine = share(args.subs, sub_threads, t);
         let (common, args, topics, ctl) =
             (common.clone(), args.clone(), topics.clone(), ctl.clone());
         threads.push(spawn_runtime_thread(format!("subs-{t}"), move || {
             subscriber_thread(common, args, topics, ctl, mine)
         }));
     }
-    {
+    for t in 0..pub_threads {
+        let mine = share(args.publishers, pub_threads, t);
         let (common, args, topics, ctl) =
             (common.clone(), args.clone(), topics.clone(), ctl.clone());
-        threads.push(spawn_runtime_thread("publishers".into(), move || {
-            publisher_thread(common, args, topics, ctl)
+        threads.push(spawn_runtime_thread(format!("pubs-{t}"), move || {
+            publisher_thread(common, args, topics, ctl, mine)
         }));
     }
 
     // Setup: everyone connected and subscribed.
     let deadline = setup_started + common.setup_timeout;
-    let (mut subs_ready, mut pubs_ready) = (0, false);
-    while subs_ready < args.threads || !pubs_ready {
+    let (mut subs_ready, mut pubs_ready) = (0, 0);
+    while subs_ready < sub_threads || pubs_ready < pub_threads {
         match recv_until(
             &notes,
             deadline,
             "connecting and subscribing (--setup-timeout)",
         )? {
             Note::SubsReady => subs_ready += 1,
-            Note::PubsReady => pubs_ready = true,
+            Note::PubsReady => pubs_ready += 1,
             Note::Fatal(e) => return Err(e),
             _ => {}
         }
@@ -258,10 +330,15 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     phase_tx.send_replace(Phase::Run { start_ns, end_ns });
     let deadline = Instant::now() + args.duration + Duration::from_secs(30);
     let bar = progress_bar(common, args);
-    let published = loop {
+    let mut published = PubResult::new(args.topics);
+    let mut pubs_done = 0;
+    while pubs_done < pub_threads {
         let tick = (Instant::now() + Duration::from_millis(100)).min(deadline);
         match recv_until(&notes, tick, "") {
-            Ok(Note::Published(p)) => break p,
+            Ok(Note::Published(p)) => {
+                published.merge(&p);
+                pubs_done += 1;
+            }
             Ok(Note::Fatal(e)) => {
                 bar.abandon();
                 return Err(e);
@@ -273,7 +350,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
             }
             Err(_) => bar.set_position(wall_start.elapsed().as_millis() as u64),
         }
-    };
+    }
     bar.finish_and_clear();
     for (slot, &n) in ctl.expected.iter().zip(&published.sent_per_topic) {
         slot.store(n, Ordering::Release);
@@ -285,7 +362,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let drain_deadline = publish_end + args.drain;
     let mut drained = 0;
     let mut drain_complete = true;
-    while drained < args.threads {
+    while drained < sub_threads {
         match recv_until(&notes, drain_deadline, "") {
             Ok(Note::Drained) => drained += 1,
             Ok(Note::Fatal(e)) => return Err(e),
@@ -311,7 +388,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let mut sub_wire = Wire::default();
     let mut results = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while results < args.threads {
+    while results < sub_threads {
         match recv_until(&notes, deadline, "collecting results")? {
             Note::SubResult(r) => {
                 results += 1;
@@ -438,7 +515,7 @@ async fn subscriber_thread(
         unstamped: 0,
         wire: Wire::default(),
     }));
-    let per_thread = args.connect_concurrency.div_ceil(args.threads).max(1);
+    let per_thread = args.connect_concurrency.div_ceil(common.threads).max(1);
     let gate = Rc::new(Semaphore::new(per_thread));
     let ready = Rc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::with_capacity(n);
@@ -662,9 +739,17 @@ fn on_message(sh: &mut SubShared, slot: usize, topic: &str, msg: &[u8]) -> Resul
     Ok(())
 }
 
-async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<String>>, ctl: Ctl) {
-    let mut conns = Vec::with_capacity(args.publishers);
-    for p in 0..args.publishers {
+/// Publishes on the publishers `mine` (their share of the schedule, see
+/// [`Schedule`]).
+async fn publisher_thread(
+    common: Common,
+    args: FanoutArgs,
+    topics: Arc<Vec<String>>,
+    ctl: Ctl,
+    mine: Vec<usize>,
+) {
+    let mut conns = Vec::with_capacity(mine.len());
+    for &p in &mine {
         // Publishers use source addresses after the subscribers'.
         match common.connect_pub(p, args.subs + p).await {
             Ok(c) => conns.push(c),
@@ -690,18 +775,18 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
     let cpu0 = thread_cpu();
     let wire0: Vec<Wire> = conns.iter().map(PubConn::wire).collect();
     let interval = 1e9 / args.rate;
-    let (t_count, p_count) = (topics.len() as u64, conns.len() as u64);
+    let t_count = topics.len() as u64;
+    let mut schedule = Schedule::new(&mine, args.publishers);
     let mut sent_per_topic = vec![0u64; topics.len()];
     let mut lag = Latency::new();
     let mut data = Vec::with_capacity(args.payload + 32);
     let mut due: Vec<u64> = Vec::with_capacity(1024);
-    let mut k: u64 = 0;
     let (mut first_ns, mut last_ns) = (0, 0);
     // Below this the thread sleeps precisely (nanosleep) instead of on the
     // runtime's millisecond timer wheel.
     const SPIN_WINDOW: u64 = 2_000_000;
     loop {
-        let next = start_ns + (k as f64 * interval) as u64;
+        let next = start_ns + (schedule.peek().0 as f64 * interval) as u64;
         if next >= end_ns {
             break;
         }
@@ -719,19 +804,20 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
         due.clear();
         let now = mono_ns();
         while due.len() < 4096 {
+            let (k, slot) = schedule.peek();
             let t = start_ns + (k as f64 * interval) as u64;
             if t > now || t >= end_ns {
                 break;
             }
-            let (topic, p) = ((k % t_count) as usize, (k % p_count) as usize);
+            let topic = (k % t_count) as usize;
             data.clear();
             proto::stamped_data(&mut data, t, args.payload);
-            conns[p].queue_publish(&topics[topic], &data);
+            conns[slot].queue_publish(&topics[topic], &data);
             sent_per_topic[topic] += 1;
             due.push(t);
-            k += 1;
+            schedule.advance();
         }
-        for (p, c) in conns.iter_mut().enumerate() {
+        for (c, p) in conns.iter_mut().zip(&mine) {
             if let Err(e) = PubConn::flush(c).await {
                 return ctl.fatal(format!("publisher {p}: mid-run: {e}"));
             }
@@ -744,7 +830,7 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
         for &t in &due {
             lag.record_ns(written.saturating_sub(t));
         }
-        if let Err(e) = check_replies(&mut conns) {
+        if let Err(e) = check_replies(&mut conns, &mine) {
             return ctl.fatal(e);
         }
         // Let the runtime poll its driver (socket readiness for replies).
@@ -753,7 +839,7 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
     // Answers to the last batch (HTTP publishing) count too.
     let settle = mono_ns() + 200_000_000;
     while mono_ns() < settle && pending_answers(&conns) {
-        if let Err(e) = check_replies(&mut conns) {
+        if let Err(e) = check_replies(&mut conns, &mine) {
             return ctl.fatal(e);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -773,7 +859,7 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
 
     // Keep reading (errors, pings) until stop.
     while !ctl.stopping() {
-        if let Err(e) = check_replies(&mut conns) {
+        if let Err(e) = check_replies(&mut conns, &mine) {
             if !ctl.stopping() {
                 ctl.fatal(e);
             }
@@ -794,8 +880,8 @@ async fn publisher_thread(common: Common, args: FanoutArgs, topics: Arc<Vec<Stri
 
 /// Reads what the broker sent the publishers: a refused publish is fatal
 /// (the run would measure something else than asked).
-fn check_replies<C: PubConn>(conns: &mut [C]) -> Result<()> {
-    for (p, c) in conns.iter_mut().enumerate() {
+fn check_replies<C: PubConn>(conns: &mut [C], mine: &[usize]) -> Result<()> {
+    for (c, p) in conns.iter_mut().zip(mine) {
         while let Some(msg) = c
             .try_recv()
             .map_err(|e| format!("publisher {p}: mid-run: {e}"))?
@@ -842,6 +928,66 @@ mod tests {
     }
 
     #[test]
+    fn publishers_are_split_over_threads_and_every_message_goes_out_once() {
+        assert_eq!(publisher_threads(1, 5), 1);
+        assert_eq!(publisher_threads(4, 2), 2);
+        assert_eq!(publisher_threads(3, 3), 3);
+        for (publishers, threads) in [(1, 1), (5, 2), (4, 4), (7, 3), (2, 8)] {
+            let n = publisher_threads(threads, publishers);
+            let mut seen = Vec::new();
+            for t in 0..n {
+                let mine = share(publishers, n, t);
+                let mut s = Schedule::new(&mine, publishers);
+                let mut last = None;
+                loop {
+                    let (k, slot) = s.peek();
+                    if k >= 100 {
+                        break;
+                    }
+                    // In schedule order, on the publisher k % P.
+                    assert!(last < Some(k), "P={publishers} N={n}: {last:?} then {k}");
+                    assert_eq!(mine[slot], k as usize % publishers);
+                    last = Some(k);
+                    seen.push(k);
+                    s.advance();
+                }
+            }
+            seen.sort();
+            assert_eq!(seen, (0..100).collect::<Vec<u64>>(), "P={publishers} N={n}");
+        }
+    }
+
+    #[test]
+    fn publisher_results_of_several_threads_add_up() {
+        let mut all = PubResult::new(2);
+        let one = PubResult {
+            sent_per_topic: vec![3, 1],
+            wire: Wire {
+                up: 10,
+                down: 1,
+                requests: 0,
+            },
+            lag: Latency::new(),
+            first_ns: 50,
+            last_ns: 90,
+            cpu: Duration::from_millis(2),
+        };
+        let two = PubResult {
+            sent_per_topic: vec![1, 4],
+            first_ns: 40,
+            last_ns: 80,
+            ..PubResult::new(2)
+        };
+        all.merge(&one);
+        all.merge(&PubResult::new(2));
+        all.merge(&two);
+        assert_eq!(all.sent_per_topic, [4, 5]);
+        assert_eq!((all.first_ns, all.last_ns), (40, 90));
+        assert_eq!(all.wire.up, 10);
+        assert_eq!(all.cpu, Duration::from_millis(2));
+    }
+
+    #[test]
     fn flags_are_bounded() {
         let ok = FanoutArgs {
             subs: 10,
@@ -851,7 +997,6 @@ mod tests {
             duration: Duration::from_secs(1),
             payload: 64,
             drain: Duration::from_secs(1),
-            threads: 1,
             connect_concurrency: 8,
             topic_prefix: None,
             require_perfect: false,

@@ -50,6 +50,9 @@ pub struct Common {
     pub json: bool,
     /// `--token`: presented by every connection (see [`ConnectOpts::token`]).
     pub token: Option<Arc<str>>,
+    /// `--threads`: how many runtime threads the connections are spread
+    /// over (see [`share`]).
+    pub threads: usize,
 }
 
 /// Where a publisher goes: an index into `--broker` or into
