@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::sys::ProcSample;
+use crate::sys::{ProcSample, TaskSample};
 
 /// At most this many processes are watched (each is two file reads per
 /// sample).
@@ -177,6 +177,50 @@ pub struct ProcessUsage {
     pub cpu: Cpu,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
+    /// How many cores it may run on (its CPU affinity), when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_cores: Option<usize>,
+    /// Its busiest thread over the window (from `/proc/PID/task`), when
+    /// its threads could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busiest_thread: Option<BusyThread>,
+}
+
+/// A watched process's thread and its share of one core over the window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusyThread {
+    pub tid: u32,
+    pub name: String,
+    pub busy_percent: f64,
+    /// Ready to run but waiting for a core, share of the window (`None`
+    /// where the kernel does not keep it).
+    pub wait_percent: Option<f64>,
+}
+
+impl BusyThread {
+    /// The thread of `after` that used the most CPU since `before` (a
+    /// thread that started within the window counts from zero).
+    fn busiest(before: &[TaskSample], after: &[TaskSample], wall: f64) -> Option<BusyThread> {
+        let zero = TaskSample {
+            tid: 0,
+            name: String::new(),
+            cpu: Duration::ZERO,
+            wait: Some(Duration::ZERO),
+        };
+        after
+            .iter()
+            .map(|a| (a, before.iter().find(|b| b.tid == a.tid).unwrap_or(&zero)))
+            .max_by_key(|(a, b)| a.cpu.saturating_sub(b.cpu))
+            .map(|(a, b)| BusyThread {
+                tid: a.tid,
+                name: a.name.clone(),
+                busy_percent: a.cpu.saturating_sub(b.cpu).as_secs_f64() / wall * 100.0,
+                wait_percent: a
+                    .wait
+                    .zip(b.wait)
+                    .map(|(x, y)| x.saturating_sub(y).as_secs_f64() / wall * 100.0),
+            })
+    }
 }
 
 /// Every watched process together: the cluster's cost (the load
@@ -231,6 +275,8 @@ impl Usage {
                 cpu: Cpu::new(b.cpu.saturating_sub(a.cpu).as_secs_f64(), wall, per),
                 rss_before_kib: a.rss_kib,
                 rss_after_kib: b.rss_kib,
+                allowed_cores: b.allowed_cores,
+                busiest_thread: BusyThread::busiest(&a.threads, &b.threads, wall),
             })
             .collect();
         let sum = |f: fn(&ProcessUsage) -> bool| {
@@ -342,7 +388,58 @@ mod tests {
         ProcSample {
             cpu: Duration::from_millis(cpu_ms),
             rss_kib,
+            ..ProcSample::default()
         }
+    }
+
+    #[test]
+    fn the_busiest_thread_of_a_process() {
+        let t = |tid, ms| TaskSample {
+            tid,
+            name: format!("t{tid}"),
+            cpu: Duration::from_millis(ms),
+            wait: Some(Duration::from_millis(ms / 10)),
+        };
+        let procs = watched(&[10], &[]).unwrap();
+        let before = ProcSample {
+            threads: vec![t(1, 5_000), t(2, 100), t(3, 50)],
+            ..s(5_150, 1)
+        };
+        // Thread 1 had the most CPU but thread 2 used the most in the
+        // window; thread 3 ended; thread 4 started within it.
+        let after = ProcSample {
+            threads: vec![t(1, 5_200), t(2, 1_900), t(4, 300)],
+            allowed_cores: Some(1),
+            ..s(7_400, 1)
+        };
+        let u = Usage::between(
+            &procs,
+            std::slice::from_ref(&before),
+            &[after],
+            Duration::from_secs(2),
+            Per::Conn(1),
+        );
+        let p = &u.processes[0];
+        let b = p.busiest_thread.as_ref().unwrap();
+        assert_eq!((b.tid, b.name.as_str()), (2, "t2"));
+        assert!((b.busy_percent - 90.0).abs() < 1e-9);
+        assert!((b.wait_percent.unwrap() - 9.0).abs() < 1e-9);
+        assert_eq!(p.allowed_cores, Some(1));
+        let v = serde_json::to_value(p).unwrap();
+        assert_eq!(v["busiest_thread"]["name"], "t2");
+        // Without readable threads: nothing claimed.
+        let bare = Usage::between(
+            &procs,
+            &[s(0, 1)],
+            &[s(1, 1)],
+            Duration::from_secs(1),
+            Per::Conn(1),
+        );
+        assert!(bare.processes[0].busiest_thread.is_none());
+        assert!(serde_json::to_value(&bare.processes[0])
+            .unwrap()
+            .get("busiest_thread")
+            .is_none());
     }
 
     #[test]

@@ -604,3 +604,61 @@ fn the_loadgen_drives_a_two_node_cluster_and_reports_every_process() {
         assert!(metric_sum(node.addr, "ringcast_redis_messages_received_total", "") > 0);
     }
 }
+
+/// `--threads 2`, spelled after the scenario as before it was global:
+/// subscribers and publishers each on two threads, every message exactly
+/// once, and each thread's CPU (and who was the limit) in the report;
+/// `echo` spreads its connections the same way.
+#[test]
+fn two_threads_deliver_everything_once_and_report_each_threads_cpu() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let (url, pid) = (format!("http://{}", broker.addr), broker.pid().to_string());
+    let mut args = vec!["--broker", &url, "--broker-pid", &pid, "--json", "fanout"];
+    args.extend(["--threads", "2", "--subs", "20", "--topics", "3"]);
+    args.extend(["--publishers", "3", "--rate", "200", "--duration", "1s"]);
+    args.extend(["--drain", "10s", "--require-perfect"]);
+    let (_, doc) = json_run(&args);
+    let r = &doc["transports"][0];
+    assert_perfect(r);
+    assert_eq!(r["brokers"][0]["publishers"], 3);
+    let threads = r["loadgen"]["threads"].as_array().unwrap();
+    let names: Vec<&str> = threads
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["subs-0", "subs-1", "pubs-0", "pubs-1"]);
+    for t in threads {
+        assert!(t["wall_seconds"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["cpu_seconds"].as_f64().unwrap() >= 0.0, "{t}");
+        assert!(t["busy_percent"].as_f64().unwrap() >= 0.0, "{t}");
+    }
+    assert!(r["loadgen"]["was_limit"].is_boolean(), "{}", r["loadgen"]);
+    assert!(r["limits"].is_array(), "{r}");
+    let busiest = &r["processes"][0]["busiest_thread"];
+    assert!(busiest["name"].is_string(), "{}", r["processes"]);
+
+    let run = loadgen(
+        &broker,
+        &[
+            "--threads",
+            "2",
+            "echo",
+            "--conns",
+            "3",
+            "--messages",
+            "200",
+        ],
+    );
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.stdout);
+    assert!(
+        run.stdout.contains("verified   600 echoes"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("  loadgen threads  echo-0 ") && run.stdout.contains(", echo-1 "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("  limit            "), "{}", run.stdout);
+}

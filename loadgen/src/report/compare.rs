@@ -34,15 +34,20 @@ impl RunReport {
     /// The watched processes' names (the same for every transport of a
     /// run), brokers first.
     fn process_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for r in &self.transports {
-            for p in &r.usage.processes {
-                if !names.contains(&p.name.as_str()) {
-                    names.push(&p.name);
-                }
-            }
-        }
-        names
+        distinct(
+            self.transports
+                .iter()
+                .flat_map(|r| r.usage.processes.iter().map(|p| p.name.as_str())),
+        )
+    }
+
+    /// The load generator's thread names over every transport, in order.
+    fn thread_names(&self) -> Vec<&str> {
+        distinct(
+            self.transports
+                .iter()
+                .flat_map(|r| r.loadgen.threads.iter().map(|t| t.name.as_str())),
+        )
     }
 
     /// A header and one row per transport. Every field is a number or a
@@ -50,12 +55,18 @@ impl RunReport {
     /// columns of [`CSV_HEADER`], then three per watched process
     /// (`NAME.cpu_s`, `NAME.cpu_us_per_delivery`, `NAME.busy_percent`: the
     /// dot keeps them apart from the fixed columns, and process names are
-    /// restricted to CSV-safe characters).
+    /// restricted to CSV-safe characters), then two per load generator
+    /// thread (`loadgen.THREAD.cpu_s`, `loadgen.THREAD.busy_percent`;
+    /// `loadgen` is a name `--pid` may not take).
     pub fn csv(&self) -> String {
         let names = self.process_names();
+        let threads = self.thread_names();
         let mut o = String::from(CSV_HEADER);
         for n in &names {
             let _ = write!(o, ",{n}.cpu_s,{n}.cpu_us_per_delivery,{n}.busy_percent");
+        }
+        for t in &threads {
+            let _ = write!(o, ",loadgen.{t}.cpu_s,loadgen.{t}.busy_percent");
         }
         o.push('\n');
         for r in &self.transports {
@@ -65,7 +76,7 @@ impl RunReport {
             let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
             let _ = write!(
                 o,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.4},{:.2},{},{},{:.4},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.4},{:.2},{},{},{:.4},{},{},{:.2},{}",
                 r.transport.name(),
                 r.publish_via.name(),
                 r.subs,
@@ -97,6 +108,13 @@ impl RunReport {
                     .unwrap_or_default(),
                 r.loadgen_cpu_us_per_delivery,
                 opt(r.usage.cluster.as_ref().and_then(|c| c.cpu.cpu_us_per_delivery)),
+                r.loadgen.threads.len(),
+                r.loadgen
+                    .threads
+                    .iter()
+                    .map(|t| t.busy_percent)
+                    .fold(0.0, f64::max),
+                limited_by(r),
             );
             for n in &names {
                 match r.usage.processes.iter().find(|p| p.name == *n) {
@@ -110,6 +128,14 @@ impl RunReport {
                         );
                     }
                     None => o.push_str(",,,"),
+                }
+            }
+            for n in &threads {
+                match r.loadgen.threads.iter().find(|t| t.name == *n) {
+                    Some(t) => {
+                        let _ = write!(o, ",{:.4},{:.2}", t.cpu_seconds, t.busy_percent);
+                    }
+                    None => o.push_str(",,"),
                 }
             }
             o.push('\n');
@@ -165,7 +191,25 @@ pub const CSV_HEADER: &str = "transport,publish_via,subs,topics,rate,payload_byt
 published,expected,delivered,lost,duplicated,out_of_order,delivery_ratio,\
 p50_us,p90_us,p99_us,p999_us,max_us,down_bytes_per_delivery,up_bytes_per_delivery,\
 requests_per_delivery,publisher_bytes_per_publish,broker_cpu_us_per_delivery,\
-broker_rss_after_kib,loadgen_cpu_us_per_delivery,cluster_cpu_us_per_delivery";
+broker_rss_after_kib,loadgen_cpu_us_per_delivery,cluster_cpu_us_per_delivery,\
+loadgen_threads,loadgen_max_thread_busy_percent,limited_by";
+
+/// Who was the limit of a run, for the CSV: `loadgen`, a watched
+/// process's name, several joined by `+`, or empty.
+fn limited_by(r: &FanoutReport) -> String {
+    distinct(r.limits.iter().map(|l| l.who.as_str())).join("+")
+}
+
+/// `names` in their first order, each once.
+fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -265,6 +309,22 @@ impl fmt::Display for RunReport {
             )?;
         }
         for r in &self.transports {
+            for l in &r.limits {
+                writeln!(o, "{}: {l}", r.transport.name())?;
+            }
+        }
+        if self.transports.iter().all(|r| r.limits.is_empty()) {
+            writeln!(
+                o,
+                "limits: none (no loadgen thread{} near a full core in any run)",
+                if self.process_names().is_empty() {
+                    ""
+                } else {
+                    " or watched process"
+                }
+            )?;
+        }
+        for r in &self.transports {
             if !r.perfect() {
                 writeln!(
                     o,
@@ -341,7 +401,22 @@ mod tests {
             text.contains("sse: FAILED: subscriber 3: mid-run: EOF\n"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "ws: loadgen was the limit: thread subs-0 at 94 % of a core; add --threads\n\
+                 long-poll: loadgen was the limit"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("(see above)"), "{text}");
+    }
+
+    /// The cell of column `name` in data row `row` (1: the first).
+    fn cell<'a>(csv: &'a str, row: usize, name: &str) -> &'a str {
+        let mut lines = csv.lines().map(|l| l.split(',').collect::<Vec<_>>());
+        let header = lines.next().unwrap();
+        let col = header.iter().position(|h| *h == name).expect(name);
+        lines.nth(row - 1).unwrap()[col]
     }
 
     #[test]
@@ -350,11 +425,20 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
         let cols = lines[0].split(',').count();
-        assert_eq!(cols, 30, "27 fixed and 3 for the one broker process");
+        assert_eq!(
+            cols, 37,
+            "30 fixed, 3 for the one broker process, 2 for each of 2 loadgen threads"
+        );
         assert!(lines[0].ends_with(
-            ",cluster_cpu_us_per_delivery,broker.cpu_s,broker.cpu_us_per_delivery,\
-             broker.busy_percent"
+            ",cluster_cpu_us_per_delivery,loadgen_threads,loadgen_max_thread_busy_percent,\
+             limited_by,broker.cpu_s,broker.cpu_us_per_delivery,broker.busy_percent,\
+             loadgen.subs-0.cpu_s,loadgen.subs-0.busy_percent,loadgen.pubs-0.cpu_s,\
+             loadgen.pubs-0.busy_percent"
         ));
+        assert_eq!(cell(&csv, 1, "loadgen_threads"), "2");
+        assert_eq!(cell(&csv, 1, "loadgen_max_thread_busy_percent"), "94.00");
+        assert_eq!(cell(&csv, 1, "limited_by"), "loadgen");
+        assert_eq!(cell(&csv, 1, "loadgen.pubs-0.cpu_s"), "0.0600");
         for l in &lines[1..] {
             assert_eq!(l.split(',').count(), cols, "{l}");
         }
@@ -410,7 +494,7 @@ mod tests {
         let csv = r.csv();
         let lines: Vec<&str> = csv.lines().collect();
         let header: Vec<&str> = lines[0].split(',').collect();
-        assert_eq!(header.len(), 27 + 3 * 3);
+        assert_eq!(header.len(), 30 + 3 * 3 + 2 * 2);
         for l in &lines[1..] {
             assert_eq!(l.split(',').count(), header.len(), "{l}");
         }

@@ -2,6 +2,7 @@
 //! single JSON document on stdout) and the human table printed otherwise.
 
 pub mod compare;
+pub mod limit;
 
 use std::fmt::{self, Write as _};
 
@@ -10,22 +11,45 @@ use serde::Serialize;
 use crate::procs::{Cpu, Usage};
 use crate::scenario::BrokerShare;
 use crate::stats::{LatencySummary, SeqCounts};
-use crate::sys::HostUsage;
+use crate::sys::{HostUsage, ThreadUsage};
 use crate::transport::{PublishVia, Transport, Wire};
+use limit::Limit;
 
 /// The load generator's own resource use over the measured window.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LoadgenUsage {
     pub cpu_seconds: f64,
     /// CPU seconds / wall seconds, all threads (1.0 = one core busy).
     pub cpu_utilization: f64,
     pub max_rss_kib: u64,
+    /// Each connection thread over its part of the window
+    /// (`CLOCK_THREAD_CPUTIME_ID`, read by the thread itself).
+    pub threads: Vec<ThreadUsage>,
+    /// How many cores the load generator may run on (its CPU affinity).
+    pub allowed_cores: Option<usize>,
+    /// A thread of it, or all of them on the cores they may use, kept the
+    /// cores busy: the load generator, not (only) the broker, was the
+    /// limit (see [`limit`] and the report's `limits`).
+    pub was_limit: bool,
 }
 
 impl LoadgenUsage {
-    /// Above this share of one core, a one-core load generator is likely
-    /// the limit, not the broker.
+    /// Above this share of one core, a thread (or a process on its
+    /// allowed cores) is taken to be the limit.
     pub const SATURATED: f64 = 0.90;
+
+    /// `cpu_seconds` over `wall_seconds` for the whole process, and its
+    /// `threads`; `was_limit` is set by [`limit::judge`].
+    pub fn new(cpu_seconds: f64, wall_seconds: f64, threads: Vec<ThreadUsage>) -> LoadgenUsage {
+        LoadgenUsage {
+            cpu_seconds,
+            cpu_utilization: cpu_seconds / wall_seconds.max(1e-9),
+            max_rss_kib: crate::sys::self_max_rss_kib(),
+            threads,
+            allowed_cores: crate::sys::allowed_cores(0),
+            was_limit: false,
+        }
+    }
 }
 
 /// What went over the wire during the run, per message. Subscriber bytes
@@ -118,6 +142,9 @@ pub struct FanoutReport {
     pub loadgen: LoadgenUsage,
     /// The whole host over the window (other work makes numbers noisy).
     pub host: Option<HostUsage>,
+    /// What was saturated over the window (see [`limit`]): the load
+    /// generator's threads, the watched processes; empty when nothing was.
+    pub limits: Vec<Limit>,
 }
 
 impl FanoutReport {
@@ -162,6 +189,8 @@ pub struct ConnsReport {
     pub broker_cpu_us_per_conn: Option<f64>,
     pub loadgen: LoadgenUsage,
     pub host: Option<HostUsage>,
+    /// What was saturated while opening (see [`limit`]).
+    pub limits: Vec<Limit>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +205,10 @@ pub struct EchoReport {
     pub seconds: f64,
     pub messages_per_s: f64,
     pub round_trip: LatencySummary,
+    /// Over the whole run, each echo thread from its start to its end.
+    pub loadgen: LoadgenUsage,
+    /// What was saturated (see [`limit`]; the broker is not watched here).
+    pub limits: Vec<Limit>,
 }
 
 /// `850 µs`, `12.3 ms`, `1.20 s`.
@@ -259,12 +292,19 @@ fn cpu_text(out: &mut String, label: &str, c: &Cpu, unit: &str) {
 fn usage_lines(out: &mut String, u: &Usage, unit: &str) -> fmt::Result {
     for p in &u.processes {
         cpu_text(out, &format!("{} (pid {})", p.name, p.pid), &p.cpu, unit);
-        writeln!(
+        write!(
             out,
             "; RSS {} -> {}",
             fmt_kib(p.rss_before_kib),
             fmt_kib(p.rss_after_kib)
         )?;
+        if let Some(t) = &p.busiest_thread {
+            write!(out, "; busiest thread {} {:.1} %", t.name, t.busy_percent)?;
+            if let Some(w) = t.wait_percent.filter(|w| *w >= 1.0) {
+                write!(out, " (+{w:.0} % waiting)")?;
+            }
+        }
+        writeln!(out)?;
     }
     if let (Some(c), true) = (&u.cluster, u.processes.len() > 1) {
         cpu_text(out, "cluster", &c.cpu, unit);
@@ -289,6 +329,18 @@ fn host_line(out: &mut String, h: &Option<HostUsage>) -> fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// The host's load, the load generator's threads and who was the limit.
+fn host_and_limit_lines(
+    out: &mut String,
+    host: &Option<HostUsage>,
+    loadgen: &LoadgenUsage,
+    limits: &[Limit],
+    usage: &Usage,
+) -> fmt::Result {
+    host_line(out, host)?;
+    limit::lines(out, loadgen, limits, !usage.processes.is_empty())
 }
 
 fn loadgen_line(out: &mut String, l: &LoadgenUsage) -> fmt::Result {
@@ -385,7 +437,7 @@ impl fmt::Display for FanoutReport {
             "                   {:.3} µs of loadgen CPU per delivery",
             self.loadgen_cpu_us_per_delivery
         )?;
-        host_line(&mut o, &self.host)?;
+        host_and_limit_lines(&mut o, &self.host, &self.loadgen, &self.limits, &self.usage)?;
         write!(
             o,
             "  verdict          {}",
@@ -432,7 +484,7 @@ impl fmt::Display for ConnsReport {
             writeln!(o, "  broker RSS       {d:.2} KiB per connection")?;
         }
         loadgen_line(&mut o, &self.loadgen)?;
-        host_line(&mut o, &self.host)?;
+        host_and_limit_lines(&mut o, &self.host, &self.loadgen, &self.limits, &self.usage)?;
         f.write_str(o.trim_end())
     }
 }
@@ -452,6 +504,8 @@ impl fmt::Display for EchoReport {
             self.verified, self.seconds, self.messages_per_s
         )?;
         latency_table(&mut o, "round trip", &self.round_trip)?;
+        loadgen_line(&mut o, &self.loadgen)?;
+        limit::lines(&mut o, &self.loadgen, &self.limits, false)?;
         f.write_str(o.trim_end())
     }
 }
@@ -538,10 +592,12 @@ pub(crate) mod tests {
                 &[ProcSample {
                     cpu: Duration::ZERO,
                     rss_kib: 2048,
+                    ..ProcSample::default()
                 }],
                 &[ProcSample {
                     cpu: Duration::from_millis(500),
                     rss_kib: 20480,
+                    ..ProcSample::default()
                 }],
                 Duration::from_secs(6),
                 Per::Delivery(9),
@@ -552,12 +608,26 @@ pub(crate) mod tests {
                 cpu_seconds: 5.7,
                 cpu_utilization: 0.95,
                 max_rss_kib: 1000,
+                threads: vec![
+                    ThreadUsage::new("subs-0", 5.64, 6.0),
+                    ThreadUsage::new("pubs-0", 0.06, 6.0),
+                ],
+                allowed_cores: Some(1),
+                was_limit: true,
             },
             host: Some(HostUsage {
                 cpus: 2,
                 busy_cores: 1.9,
                 other_cores: 0.9,
             }),
+            limits: vec![Limit {
+                who: "loadgen".into(),
+                what: "thread subs-0".into(),
+                busy_percent: 94.0,
+                wait_percent: Some(0.5),
+                cores: 1,
+                advice: "add --threads".into(),
+            }],
         }
     }
 
@@ -580,6 +650,17 @@ pub(crate) mod tests {
         assert!(text.contains("timed out"), "{text}");
         assert!(text.contains("NOT all delivered"), "{text}");
         assert!(text.contains("near one core"), "{text}");
+        assert!(
+            text.contains("  loadgen threads  subs-0 94.0 %, pubs-0 1.0 % of a core\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  limit            loadgen was the limit: thread subs-0 at 94 % of a core; \
+                 add --threads\n  verdict"
+            ),
+            "{text}"
+        );
         assert!(text.contains("2.50 s"), "{text}");
         assert!(text.contains("RSS 2048 KiB -> 20.0 MiB"), "{text}");
         assert!(text.contains("0.90 by other processes (noisy"), "{text}");
@@ -606,6 +687,10 @@ pub(crate) mod tests {
         assert_eq!(v["brokers"][0]["subscribers"], 2);
         assert_eq!(v["brokers"][0]["totals"]["lost"], 1);
         assert!(v["loadgen"]["cpu_utilization"].as_f64().unwrap() > 0.9);
+        assert_eq!(v["loadgen"]["threads"][0]["name"], "subs-0");
+        assert_eq!(v["loadgen"]["threads"][1]["cpu_seconds"], 0.06);
+        assert_eq!(v["loadgen"]["was_limit"], true);
+        assert_eq!(v["limits"][0]["what"], "thread subs-0");
         let mut r = sample();
         r.usage = Usage::default();
         r.broker_cpu_us_per_delivery = None;
@@ -622,6 +707,7 @@ pub(crate) mod tests {
         let at = |ms: u64, kib: u64| ProcSample {
             cpu: Duration::from_millis(ms),
             rss_kib: kib,
+            ..ProcSample::default()
         };
         r.usage = Usage::between(
             &procs,

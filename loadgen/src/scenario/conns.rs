@@ -19,9 +19,9 @@ use tokio::sync::{watch, Semaphore};
 use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
 use crate::procs::{self, Per, Usage};
 use crate::proto::{self, Incoming};
-use crate::report::{ConnsReport, LoadgenUsage};
+use crate::report::{limit, ConnsReport, LoadgenUsage};
 use crate::stats::Latency;
-use crate::sys::{self, mono_ns, HostSample, HostUsage};
+use crate::sys::{self, mono_ns, HostSample, HostUsage, ThreadClock, ThreadUsage};
 use crate::transport::{Result, SubConn};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +84,8 @@ struct Opened {
     subscribe: Latency,
     last_handshake_ns: u64,
     last_subscribed_ns: u64,
+    /// The thread's CPU from its start to its last `subscribed`.
+    cpu: ThreadUsage,
 }
 
 pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
@@ -131,6 +133,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     let mut handshake = Latency::new();
     let mut subscribe = Latency::new();
     let (mut last_hs, mut last_sub) = (t0, t0);
+    let mut thread_usage = Vec::with_capacity(common.threads);
     let deadline = started + common.setup_timeout;
     for _ in 0..common.threads {
         match recv_until(&notes, deadline, "opening connections (--setup-timeout)")? {
@@ -139,6 +142,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
                 subscribe.merge(&o.subscribe);
                 last_hs = last_hs.max(o.last_handshake_ns);
                 last_sub = last_sub.max(o.last_subscribed_ns);
+                thread_usage.push(o.cpu);
             }
             Note::Fatal(e) => return Err(e),
             Note::Closed => {}
@@ -195,6 +199,23 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     .with_rss_after(&procs_after);
     let broker = usage.broker.clone();
     let loadgen_util = cpu_open.as_secs_f64() / opened.as_secs_f64().max(1e-9);
+    // Threads in order of their names.
+    thread_usage.sort_by_key(|t| {
+        t.name
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+    });
+    let mut loadgen = LoadgenUsage::new(cpu_open.as_secs_f64(), opened.as_secs_f64(), thread_usage);
+    loadgen.max_rss_kib = loadgen_rss;
+    let limits = limit::judge(
+        &mut loadgen,
+        &usage.processes,
+        limit::Setup {
+            threads: common.threads,
+            publishers: 0,
+        },
+    );
     let host = host_before
         .zip(host_open)
         .map(|(a, b)| HostUsage::between(&a, &b, loadgen_util + usage.cores()));
@@ -216,12 +237,9 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
             .map(|b| (b.rss_after_kib as f64 - b.rss_before_kib as f64) / args.conns as f64),
         broker_cpu_us_per_conn: broker.map(|b| b.cpu_seconds * 1e6 / args.conns as f64),
         usage,
-        loadgen: LoadgenUsage {
-            cpu_seconds: cpu_open.as_secs_f64(),
-            cpu_utilization: loadgen_util,
-            max_rss_kib: loadgen_rss,
-        },
+        loadgen,
         host,
+        limits,
     })
 }
 
@@ -233,6 +251,7 @@ async fn conns_thread(
     notes: mpsc::Sender<Note>,
     phase: watch::Receiver<Phase>,
 ) {
+    let clock = ThreadClock::start();
     let n = mine.len();
     let gate = Rc::new(Semaphore::new(
         args.connect_concurrency.div_ceil(common.threads).max(1),
@@ -243,6 +262,7 @@ async fn conns_thread(
             subscribe: Latency::new(),
             last_handshake_ns: 0,
             last_subscribed_ns: 0,
+            cpu: ThreadUsage::new("", 0.0, 0.0),
         },
         0usize,
     )));
@@ -331,6 +351,7 @@ async fn conns_thread(
             subscribe: a.0.subscribe.clone(),
             last_handshake_ns: a.0.last_handshake_ns,
             last_subscribed_ns: a.0.last_subscribed_ns,
+            cpu: clock.stop(),
         }
     };
     let _ = notes.send(Note::Ready(Box::new(opened)));

@@ -12,9 +12,9 @@ use ringcast_proto::frame::OpCode;
 use ringcast_proto::websocket::Event;
 
 use super::{share, spawn_runtime_thread, Common};
-use crate::report::EchoReport;
+use crate::report::{limit, EchoReport, LoadgenUsage};
 use crate::stats::Latency;
-use crate::sys::mono_ns;
+use crate::sys::{self, mono_ns, ThreadClock, ThreadUsage};
 use crate::transport::ws::WsClient;
 use crate::transport::Result;
 
@@ -39,6 +39,7 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
         return Err("--conns must be in 1..=10000 and --messages at most 100000000".into());
     }
     let start = Instant::now();
+    let cpu_before = sys::self_cpu();
     // Connection `i` on thread `i % --threads`; no thread without one.
     let n_threads = common.threads.min(args.conns);
     let threads: Vec<_> = (0..n_threads)
@@ -50,14 +51,26 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
         .collect();
     let mut rtt = Latency::new();
     let mut total = 0;
+    let mut thread_usage = Vec::with_capacity(n_threads);
     for t in threads {
-        let (r, n) = t
+        let (r, n, cpu) = t
             .join()
             .map_err(|_| "an echo thread panicked".to_string())??;
         rtt.merge(&r);
         total += n;
+        thread_usage.push(cpu);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = sys::self_cpu().saturating_sub(cpu_before);
+    let mut loadgen = LoadgenUsage::new(cpu.as_secs_f64(), secs, thread_usage);
+    let limits = limit::judge(
+        &mut loadgen,
+        &[],
+        limit::Setup {
+            threads: common.threads,
+            publishers: 0,
+        },
+    );
     Ok(EchoReport {
         brokers: common.shares(args.conns, 0),
         conns: args.conns,
@@ -68,12 +81,19 @@ pub fn run(common: &Common, args: &EchoArgs) -> Result<EchoReport> {
         seconds: secs,
         messages_per_s: total as f64 / secs,
         round_trip: rtt.summary(),
+        loadgen,
+        limits,
     })
 }
 
-/// Runs the echo connections `mine` to the end; their round trips and
-/// how many echoes were verified.
-async fn echo_thread(common: Common, args: EchoArgs, mine: Vec<usize>) -> Result<(Latency, u64)> {
+/// Runs the echo connections `mine` to the end; their round trips, how
+/// many echoes were verified, and the thread's CPU.
+async fn echo_thread(
+    common: Common,
+    args: EchoArgs,
+    mine: Vec<usize>,
+) -> Result<(Latency, u64, ThreadUsage)> {
+    let clock = ThreadClock::start();
     let rtt = Rc::new(RefCell::new(Latency::new()));
     let mut tasks = Vec::new();
     for i in mine {
@@ -87,7 +107,7 @@ async fn echo_thread(common: Common, args: EchoArgs, mine: Vec<usize>) -> Result
         total += t.await.map_err(|e| format!("echo task: {e}"))??;
     }
     let rtt = rtt.borrow().clone();
-    Ok((rtt, total))
+    Ok((rtt, total, clock.stop()))
 }
 
 async fn echo_conn(

@@ -37,12 +37,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ringcast_core::units::parse_duration;
 use tokio::sync::{watch, Semaphore};
 
-use super::{random_prefix, recv_until, share, spawn_runtime_thread, sub_broker, Common};
+use super::{
+    join_all, random_prefix, recv_until, share, spawn_runtime_thread, sub_broker, thread_window,
+    Common,
+};
 use crate::procs::{self, us_per, Per, Usage};
 use crate::proto::{self, Incoming};
-use crate::report::{FanoutReport, LoadgenUsage, WireReport};
+use crate::report::{limit, FanoutReport, LoadgenUsage, WireReport};
 use crate::stats::{Latency, SeqCounts, SeqTracker};
-use crate::sys::{self, mono_ns, HostSample, HostUsage};
+use crate::sys::{self, mono_ns, thread_cpu, HostSample, HostUsage, ThreadUsage};
 use crate::transport::{PubClient, PubConn, Result, SubConn, Transport, Wire};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -283,7 +286,10 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         let (common, args, topics, ctl) =
             (common.clone(), args.clone(), topics.clone(), ctl.clone());
         threads.push(spawn_runtime_thread(format!("subs-{t}"), move || {
-            subscriber_thread(common, args, topics, ctl, mine)
+            measured(
+                ctl.clone(),
+                subscriber_thread(common, args, topics, ctl, mine),
+            )
         }));
     }
     for t in 0..pub_threads {
@@ -291,7 +297,10 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
         let (common, args, topics, ctl) =
             (common.clone(), args.clone(), topics.clone(), ctl.clone());
         threads.push(spawn_runtime_thread(format!("pubs-{t}"), move || {
-            publisher_thread(common, args, topics, ctl, mine)
+            measured(
+                ctl.clone(),
+                publisher_thread(common, args, topics, ctl, mine),
+            )
         }));
     }
 
@@ -401,9 +410,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
             _ => {}
         }
     }
-    for t in threads {
-        let _ = t.join();
-    }
+    let thread_usage = join_all(threads);
 
     let mut totals = SeqCounts::default();
     let mut brokers = common.shares(args.subs, args.publishers);
@@ -427,6 +434,15 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
     let sent: u64 = published.sent_per_topic.iter().sum();
     let mut data = Vec::new();
     proto::stamped_data(&mut data, start_ns, args.payload);
+    let mut loadgen = LoadgenUsage::new(cpu.as_secs_f64(), wall.as_secs_f64(), thread_usage);
+    let limits = limit::judge(
+        &mut loadgen,
+        &usage.processes,
+        limit::Setup {
+            threads: common.threads,
+            publishers: args.publishers,
+        },
+    );
     Ok(FanoutReport {
         transport: common.transport,
         publish_via: common.publish_via,
@@ -465,13 +481,22 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
             .map(|b| us_per(b.cpu_seconds, totals.delivered)),
         usage,
         loadgen_cpu_us_per_delivery: us_per(cpu.as_secs_f64(), totals.delivered),
-        loadgen: LoadgenUsage {
-            cpu_seconds: cpu.as_secs_f64(),
-            cpu_utilization: loadgen_util,
-            max_rss_kib: sys::self_max_rss_kib(),
-        },
+        loadgen,
         host,
+        limits,
     })
+}
+
+/// Runs a thread's work `f` and measures the thread's CPU from the start
+/// of publishing to the stop (the window the report's CPU figures cover).
+async fn measured(ctl: Ctl, f: impl std::future::Future<Output = ()>) -> Option<ThreadUsage> {
+    let window = tokio::task::spawn_local(thread_window(
+        ctl.phase.clone(),
+        |p| !matches!(p, Phase::Setup),
+        |p| *p == Phase::Stop,
+    ));
+    f.await;
+    window.await.ok().flatten()
 }
 
 /// A bar over the publishing window on stderr; invisible when stderr is
@@ -902,17 +927,6 @@ fn pending_answers(conns: &[PubClient]) -> bool {
         PubClient::Http(h) => h.in_flight > 0,
         PubClient::Ws(_) => false,
     })
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]

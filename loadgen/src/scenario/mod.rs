@@ -17,9 +17,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::procs::Watched;
 use crate::stats::SeqCounts;
+use crate::sys::{ThreadClock, ThreadUsage};
 use crate::transport::{
     ConnectOpts, Endpoint, PubClient, PublishVia, Result, SubClient, Transport,
 };
@@ -242,6 +244,30 @@ where
             local.block_on(&rt, f())
         })
         .expect("spawn thread")
+}
+
+/// The calling thread's CPU over the measured window, for a task spawned
+/// on that thread next to its connections: from when `phase` first
+/// satisfies `started` to when it satisfies `ended` (see
+/// [`ThreadClock`]). `None` if the run ends (the sender is dropped) first.
+pub async fn thread_window<P>(
+    mut phase: watch::Receiver<P>,
+    started: impl Fn(&P) -> bool,
+    ended: impl Fn(&P) -> bool,
+) -> Option<ThreadUsage> {
+    phase.wait_for(|p| started(p) || ended(p)).await.ok()?;
+    let clock = ThreadClock::start();
+    phase.wait_for(|p| ended(p)).await.ok()?;
+    Some(clock.stop())
+}
+
+/// Joins the scenario's threads and gathers what each returned (a thread
+/// that panicked or returned `None` is left out).
+pub fn join_all<T>(threads: Vec<std::thread::JoinHandle<Option<T>>>) -> Vec<T> {
+    threads
+        .into_iter()
+        .filter_map(|t| t.join().ok().flatten())
+        .collect()
 }
 
 /// Waits for the next note until `deadline`; `what` names the wait in the
