@@ -135,6 +135,15 @@ struct Cli {
     /// report says so); more threads let it use more cores. 1 to 64.
     #[arg(long, default_value_t = 1, global = true, value_name = "N")]
     threads: usize,
+    /// Every WebSocket upgrade request (subscribers, publishers, `conns`,
+    /// `echo`) carries N bytes of the headers a browser adds (a Chrome
+    /// User-Agent, Accept-Encoding, Accept-Language, Cache-Control, Pragma
+    /// and a Cookie filled to make exactly N), e.g. 1700 to measure the
+    /// broker's memory per connection with browser-sized handshakes.
+    /// 0 (default): only what RFC 6455 requires; else 318 (the headers
+    /// with a one-character cookie value) to 65536.
+    #[arg(long, default_value_t = 0, global = true, value_name = "N")]
+    upgrade_header_bytes: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -231,6 +240,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             cli.threads
         ));
     }
+    transport::browser::validate(cli.upgrade_header_bytes)?;
     if cli.token.as_deref() == Some("") {
         return Err("--token is empty".into());
     }
@@ -257,6 +267,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         json: cli.json,
         token: cli.token.map(Into::into),
         threads: cli.threads,
+        upgrade_header_bytes: cli.upgrade_header_bytes,
     };
     if (cli.csv || cli.plot.is_some())
         && !matches!(cli.scenario, Scenario::Fanout(_) | Scenario::Compare(_))

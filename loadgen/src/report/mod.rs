@@ -101,6 +101,8 @@ pub struct FanoutReport {
     pub brokers: Vec<BrokerShare>,
     /// Every connection presented `--token`.
     pub token: bool,
+    /// `--upgrade-header-bytes` on every WebSocket upgrade (0: none).
+    pub upgrade_header_bytes: usize,
     pub subs: usize,
     pub topics: usize,
     pub publishers: usize,
@@ -170,6 +172,9 @@ pub struct ConnsReport {
     pub token: bool,
     pub conns: usize,
     pub topics: usize,
+    /// `--upgrade-header-bytes`: browser headers on each upgrade request
+    /// (0: none).
+    pub upgrade_header_bytes: usize,
     pub source_ips: Vec<String>,
     pub nofile_limit: u64,
     /// First connect to last `subscribed`.
@@ -462,6 +467,13 @@ impl fmt::Display for ConnsReport {
             self.topics
         )?;
         brokers_lines(&mut o, &self.brokers, "connections")?;
+        if self.upgrade_header_bytes > 0 {
+            writeln!(
+                o,
+                "  upgrade request  + {} B of browser headers (User-Agent, Cookie, …) each",
+                self.upgrade_header_bytes
+            )?;
+        }
         writeln!(
             o,
             "  source addresses {}  (RLIMIT_NOFILE {})",
@@ -546,6 +558,7 @@ pub(crate) mod tests {
                 }),
             }],
             token: false,
+            upgrade_header_bytes: 0,
             subs: 2,
             topics: 1,
             publishers: 1,

@@ -225,6 +225,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
         token: common.token.is_some(),
         conns: args.conns,
         topics: args.topics,
+        upgrade_header_bytes: common.upgrade_header_bytes,
         source_ips: common.source_ips.iter().map(|ip| ip.to_string()).collect(),
         nofile_limit: nofile,
         open_s: opened.as_secs_f64(),

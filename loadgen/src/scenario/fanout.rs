@@ -452,6 +452,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport> {
             .then_some(common.poll_interval.as_millis() as u64),
         brokers,
         token: common.token.is_some(),
+        upgrade_header_bytes: common.upgrade_header_bytes,
         subs: args.subs,
         topics: args.topics,
         publishers: args.publishers,

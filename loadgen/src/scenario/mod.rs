@@ -55,6 +55,8 @@ pub struct Common {
     /// `--threads`: how many runtime threads the connections are spread
     /// over (see [`share`]).
     pub threads: usize,
+    /// `--upgrade-header-bytes` (see [`ConnectOpts::upgrade_header_bytes`]).
+    pub upgrade_header_bytes: usize,
 }
 
 /// Where a publisher goes: an index into `--broker` or into
@@ -151,6 +153,7 @@ impl Common {
             poll_hold: self.poll_hold,
             poll_interval: self.poll_interval,
             token: self.token.clone(),
+            upgrade_header_bytes: self.upgrade_header_bytes,
         }
     }
 

@@ -12,11 +12,14 @@
 //! - [`sse`]: `GET /sse/{topic}`, each event's `data` yielded.
 //! - [`http`]: `POST /publish/{topic}` for publishers that do not use
 //!   WebSocket, and the response parsing the HTTP transports share.
+//! - [`browser`]: the headers a browser adds to an upgrade request
+//!   (`--upgrade-header-bytes`).
 //!
 //! Every transport moves its bytes through one [`stream::Stream`], which
 //! counts them: wire bytes in both directions, HTTP heads and frame
 //! headers included, are what the `compare` scenario reports per message.
 
+pub mod browser;
 pub mod http;
 pub mod poll;
 pub mod sse;
@@ -183,6 +186,9 @@ pub struct ConnectOpts {
     /// the upgrade, SSE and poll URLs; `Authorization: Bearer` on HTTP
     /// publishes). `None`: anonymous.
     pub token: Option<Arc<str>>,
+    /// `--upgrade-header-bytes`: this many bytes of browser headers on
+    /// every WebSocket upgrade request (see [`browser`]); 0: none.
+    pub upgrade_header_bytes: usize,
 }
 
 /// `path` with `token=T` added to its query string, the token

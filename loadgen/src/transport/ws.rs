@@ -14,6 +14,7 @@ use ringcast_proto::frame::OpCode;
 use ringcast_proto::handshake::ClientHandshake;
 use ringcast_proto::websocket::{Event, Limits, Role, WebSocket};
 
+use super::browser;
 use super::stream::Stream;
 use super::{ConnectOpts, Endpoint, PubConn, Result, SubConn, Wire};
 use crate::proto;
@@ -29,7 +30,9 @@ pub struct WsClient {
 
 impl WsClient {
     /// TCP connect and WebSocket handshake on `path`, within `opts.timeout`;
-    /// with `opts.token`, on `path?token=T`.
+    /// with `opts.token`, on `path?token=T`; with
+    /// `opts.upgrade_header_bytes`, the request carries that many bytes of
+    /// a browser's headers.
     pub async fn connect(ep: &Endpoint, path: &str, opts: &ConnectOpts) -> Result<WsClient> {
         match tokio::time::timeout(opts.timeout, Self::connect_inner(ep, path, opts)).await {
             Ok(r) => r,
@@ -44,7 +47,12 @@ impl WsClient {
         let mut io = Stream::connect(ep, opts).await?;
         let target = super::with_token(path, opts.token.as_deref());
         let (hs, request) = ClientHandshake::new(&ep.authority, &target, &[]);
-        io.queue(&request);
+        if opts.upgrade_header_bytes > 0 {
+            let extra = browser::headers(opts.upgrade_header_bytes);
+            io.queue(&browser::with_headers(&request, &extra));
+        } else {
+            io.queue(&request);
+        }
         io.flush().await.map_err(|e| format!("handshake: {e}"))?;
         io.wire.requests += 1;
         loop {
