@@ -19,7 +19,8 @@
 //! Layout: `transport/` (how to reach the broker, and the byte counts),
 //! `proto.rs` (the wire contract's JSON), `stats.rs` (histograms, seq
 //! accounting), `sys.rs` (/proc, rusage, rlimit), `procs.rs` (the watched
-//! processes: brokers, Redis), `report/` (JSON, CSV and the human tables),
+//! processes: brokers, Redis), `sockmem.rs` (the kernel's memory for the
+//! broker's sockets), `report/` (JSON, CSV and the human tables),
 //! `plot.rs` (the SVG).
 //!
 //! It drives one broker or a cluster of them (`--broker` given several
@@ -31,6 +32,7 @@ mod procs;
 mod proto;
 mod report;
 mod scenario;
+mod sockmem;
 mod stats;
 mod sys;
 mod transport;

@@ -155,6 +155,12 @@ pub fn self_max_rss_kib() -> u64 {
     ru.ru_maxrss as u64
 }
 
+/// The kernel's slab memory (`Slab:` of `/proc/meminfo`, KiB): socket
+/// structures, files, inodes, epoll entries, for the whole machine.
+pub fn slab_kib() -> Option<u64> {
+    parse_status_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, "Slab:")
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft
 /// limit.
 pub fn raise_nofile() -> libc::rlim_t {
@@ -388,6 +394,7 @@ mod tests {
         assert_eq!(allowed_cores(0), me.allowed_cores);
         assert!(mono_ns() > 0);
         assert!(raise_nofile() > 0);
+        assert!(slab_kib().unwrap() > 0);
         let _ = self_cpu();
     }
 

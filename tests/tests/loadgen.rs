@@ -662,3 +662,57 @@ fn two_threads_deliver_everything_once_and_report_each_threads_cpu() {
     );
     assert!(run.stdout.contains("  limit            "), "{}", run.stdout);
 }
+
+/// `conns` with browser-sized upgrade requests (issue 12): every
+/// connection opens and subscribes, and beside the broker's RSS the
+/// report gives the kernel's memory for the broker's end of each
+/// connection (found by its local port) and the machine's slab growth.
+/// Past the broker's `--max-head-size` the same flag gets the upgrade
+/// refused: the bytes really are on the wire.
+#[test]
+fn conns_with_browser_sized_upgrades_reports_kernel_socket_memory() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let (url, pid) = (format!("http://{}", broker.addr), broker.pid().to_string());
+    let mut args = vec!["--broker", &url, "--broker-pid", &pid, "--json"];
+    args.extend(["--upgrade-header-bytes", "1700", "conns", "--conns", "200"]);
+    args.extend(["--topics", "10", "--settle", "200ms", "--threads", "2"]);
+    let (_, doc) = json_run(&args);
+    assert_eq!(doc["conns"], 200);
+    assert_eq!(doc["upgrade_header_bytes"], 1700);
+    let s = &doc["broker_sockets"];
+    assert_eq!(s["sockets"], 200, "{s}");
+    assert_eq!(s["ports"][0], broker.addr.port(), "{s}");
+    for k in [
+        "held_bytes",
+        "rmem_alloc",
+        "wmem_queued",
+        "fwd_alloc",
+        "optmem",
+    ] {
+        assert!(s[k].as_u64().is_some(), "{k}: {s}");
+    }
+    let held = s["held_bytes"].as_u64().unwrap() as f64;
+    assert_eq!(s["held_per_socket_bytes"].as_f64(), Some(held / 200.0));
+    assert!(s["rcvbuf_avg"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(doc["broker_rss_delta_per_conn_kib"].is_number(), "{doc}");
+    assert!(doc["host_slab_delta_per_conn_kib"].is_number(), "{doc}");
+    let threads: Vec<&str> = doc["loadgen"]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(threads, ["conns-0", "conns-1"]);
+
+    let run = loadgen(
+        &broker,
+        &["--upgrade-header-bytes", "9000", "conns", "--conns", "1"],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("connection 0: WebSocket upgrade on /ws refused"),
+        "{}",
+        run.stderr
+    );
+}

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::procs::{Cpu, Usage};
 use crate::scenario::BrokerShare;
+use crate::sockmem::SocketMemory;
 use crate::stats::{LatencySummary, SeqCounts};
 use crate::sys::{HostUsage, ThreadUsage};
 use crate::transport::{PublishVia, Transport, Wire};
@@ -192,6 +193,15 @@ pub struct ConnsReport {
     pub usage: Usage,
     pub broker_rss_delta_per_conn_kib: Option<f64>,
     pub broker_cpu_us_per_conn: Option<f64>,
+    /// The kernel's memory for the broker's end of the connections after
+    /// `--settle` (see [`crate::sockmem`]; `None` when the broker is not on
+    /// this host). RSS does not show it.
+    pub broker_sockets: Option<SocketMemory>,
+    /// The machine's `Slab:` growth from before the first connection to
+    /// after `--settle`, per connection (KiB): socket structures, files,
+    /// epoll entries, of both ends of each loopback connection and of
+    /// whatever else the machine did meanwhile.
+    pub host_slab_delta_per_conn_kib: Option<f64>,
     pub loadgen: LoadgenUsage,
     pub host: Option<HostUsage>,
     /// What was saturated while opening (see [`limit`]).
@@ -334,6 +344,31 @@ fn host_line(out: &mut String, h: &Option<HostUsage>) -> fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// `broker sockets   N on port P: X B per socket held (r …, w …, f …, o …;
+/// t … in flight); buffer limits …`.
+fn broker_sockets_line(out: &mut String, m: &SocketMemory) -> fmt::Result {
+    let ports: Vec<String> = m.ports.iter().map(u16::to_string).collect();
+    writeln!(
+        out,
+        "  broker sockets   {} established on port {}: {:.0} B per socket held in kernel \
+         buffers (sum r {} + w {} + f {} + o {} B; t {} B in flight)",
+        m.sockets,
+        ports.join(","),
+        m.held_per_socket_bytes,
+        m.rmem_alloc,
+        m.wmem_queued,
+        m.fwd_alloc,
+        m.optmem,
+        m.wmem_alloc
+    )?;
+    writeln!(
+        out,
+        "                   buffer limits per socket: rb {} tb {} (may grow to, not held)",
+        fmt_kib((m.rcvbuf_avg / 1024.0) as u64),
+        fmt_kib((m.sndbuf_avg / 1024.0) as u64)
+    )
 }
 
 /// The host's load, the load generator's threads and who was the limit.
@@ -494,6 +529,16 @@ impl fmt::Display for ConnsReport {
         usage_lines(&mut o, &self.usage, "conn")?;
         if let Some(d) = self.broker_rss_delta_per_conn_kib {
             writeln!(o, "  broker RSS       {d:.2} KiB per connection")?;
+        }
+        if let Some(m) = &self.broker_sockets {
+            broker_sockets_line(&mut o, m)?;
+        }
+        if let Some(d) = self.host_slab_delta_per_conn_kib {
+            writeln!(
+                o,
+                "  kernel slab      {d:+.2} KiB per connection, whole machine (both ends of \
+                 each connection on one host, and any other work)"
+            )?;
         }
         loadgen_line(&mut o, &self.loadgen)?;
         host_and_limit_lines(&mut o, &self.host, &self.loadgen, &self.limits, &self.usage)?;
@@ -684,6 +729,32 @@ pub(crate) mod tests {
         assert!(
             text.contains("publishing over ws: 100.0 B per message"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_broker_sockets_line_gives_what_is_held_and_the_limits() {
+        let m = SocketMemory {
+            ports: vec![8080],
+            sockets: 5000,
+            rmem_alloc: 0,
+            wmem_alloc: 0,
+            fwd_alloc: 4096,
+            wmem_queued: 1000,
+            optmem: 0,
+            backlog: 0,
+            rcvbuf_avg: 131072.0,
+            sndbuf_avg: 16384.0 * 1024.0,
+            held_bytes: 5096,
+            held_per_socket_bytes: 1.0192,
+        };
+        let mut o = String::new();
+        broker_sockets_line(&mut o, &m).unwrap();
+        assert_eq!(
+            o,
+            "  broker sockets   5000 established on port 8080: 1 B per socket held in kernel \
+             buffers (sum r 0 + w 1000 + f 4096 + o 0 B; t 0 B in flight)\n                   \
+             buffer limits per socket: rb 128 KiB tb 16.0 MiB (may grow to, not held)\n"
         );
     }
 

@@ -2,7 +2,10 @@
 //! stream, or a poller whose request the broker holds), each subscribed to one topic
 //! (connection `i` to topic `i % T`), and measure what they cost: how fast
 //! the broker completes handshakes and subscriptions, and (with
-//! `--broker-pid`) how much resident memory each connection adds.
+//! `--broker-pid`) how much resident memory each connection adds. Beside
+//! RSS, the kernel's memory for the broker's end of the connections
+//! ([`crate::sockmem`]: the socket buffers, per socket, when the broker
+//! runs on this host) and the machine's slab growth per connection.
 //!
 //! Connections are spread over the `--broker`s round robin (connection `i`
 //! on broker `i % N`), and over `--source-ips` round robin, so N can
@@ -20,6 +23,7 @@ use super::{random_prefix, recv_until, share, spawn_runtime_thread, Common};
 use crate::procs::{self, Per, Usage};
 use crate::proto::{self, Incoming};
 use crate::report::{limit, ConnsReport, LoadgenUsage};
+use crate::sockmem::{self, SocketMemory};
 use crate::stats::Latency;
 use crate::sys::{self, mono_ns, HostSample, HostUsage, ThreadClock, ThreadUsage};
 use crate::transport::{Result, SubConn};
@@ -107,6 +111,7 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     let procs_before = procs::sample(&common.procs)?;
     let cpu_before = sys::self_cpu();
     let host_before = HostSample::read();
+    let slab_before = sys::slab_kib();
     common.progress(format!(
         "conns: opening {} connections to {} from {}, each subscribed to one of {} topics",
         args.conns,
@@ -160,6 +165,8 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
     ));
     std::thread::sleep(args.settle);
     let procs_after = procs::sample(&common.procs)?;
+    let slab_after = sys::slab_kib();
+    let broker_sockets = broker_sockets(common);
     let loadgen_rss = sys::self_max_rss_kib();
     if !args.hold.is_zero() {
         common.progress(format!("conns: holding for {:?}", args.hold));
@@ -237,11 +244,37 @@ pub fn run(common: &Common, args: &ConnsArgs) -> Result<ConnsReport> {
             .as_ref()
             .map(|b| (b.rss_after_kib as f64 - b.rss_before_kib as f64) / args.conns as f64),
         broker_cpu_us_per_conn: broker.map(|b| b.cpu_seconds * 1e6 / args.conns as f64),
+        broker_sockets,
+        host_slab_delta_per_conn_kib: slab_before
+            .zip(slab_after)
+            .map(|(a, b)| (b as f64 - a as f64) / args.conns as f64),
         usage,
         loadgen,
         host,
         limits,
     })
+}
+
+/// The kernel's memory for the brokers' end of the connections, if they
+/// run on this host (a warning and `None` otherwise).
+fn broker_sockets(common: &Common) -> Option<SocketMemory> {
+    let mut ports: Vec<u16> = common.brokers.iter().map(|b| b.addrs[0].port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    match sockmem::server_sockets(&ports) {
+        Ok(m) if m.sockets > 0 => Some(m),
+        Ok(_) => {
+            common.progress(format!(
+                "conns: no established socket on this host has local port {ports:?}: the \
+                 broker runs elsewhere, so its kernel socket memory is not reported"
+            ));
+            None
+        }
+        Err(e) => {
+            common.progress(format!("warning: kernel socket memory not reported: {e}"));
+            None
+        }
+    }
 }
 
 async fn conns_thread(
