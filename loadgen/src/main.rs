@@ -12,7 +12,8 @@
 //!   rate, open loop; delivery accounting from `seq` and latency from the
 //!   scheduled send time.
 //! - `conns`: N idle subscribed connections; handshake rate and the
-//!   broker's memory per connection.
+//!   broker's memory per connection (RSS, and the kernel's for the
+//!   broker's sockets).
 //! - `compare`: `fanout` over each transport in turn, one table.
 //! - `echo`: closed-loop round trips on `/echo`, every byte verified.
 //!
@@ -132,9 +133,10 @@ struct Cli {
     /// Threads the load generator's connections are spread over, round
     /// robin, each a single-threaded runtime: `fanout`/`compare`
     /// subscribers on N threads and publishers on min(N, --publishers)
-    /// threads of their own; `conns` and `echo` connections on N threads.
-    /// One thread near a full core makes the load generator the limit (the
-    /// report says so); more threads let it use more cores. 1 to 64.
+    /// threads of their own; `conns` connections on N threads, `echo`
+    /// connections on min(N, --conns). Each thread's CPU is reported, and
+    /// one near a full core makes the load generator the limit (the report
+    /// says so); more threads let it use more cores. 1 to 64.
     #[arg(long, default_value_t = 1, global = true, value_name = "N")]
     threads: usize,
     /// Every WebSocket upgrade request (subscribers, publishers, `conns`,
@@ -159,7 +161,7 @@ enum Scenario {
     /// long-polling, short polling, SSE); one table.
     Compare(scenario::compare::CompareArgs),
     /// Many idle subscribed connections: handshake rate, broker memory
-    /// per connection.
+    /// per connection (RSS, and the kernel's for its sockets).
     Conns(scenario::conns::ConnsArgs),
     /// Closed-loop echo round trips against `/echo`, every byte verified.
     Echo(scenario::echo::EchoArgs),
