@@ -33,10 +33,10 @@ pub enum SlowConsumer {
 /// Which runtime drives the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// The default: `tokio-uring`, a reader and a writer task per connection.
+    /// The previous runtime: `tokio-uring`, a reader and a writer task per
+    /// connection (kept for comparison until it is removed).
     TokioUring,
-    /// EXPERIMENTAL (issue 12): the completion loop, one shard, `/healthz`,
-    /// `/echo` and `/ws` only.
+    /// The default: ringcast's own completion loop on the `io-uring` crate.
     Uring,
 }
 
@@ -67,10 +67,9 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHARDS", default_value_t = default_shards())]
     pub shards: usize,
 
-    /// The shards' runtime: `tokio-uring` (default) or `uring`, the
-    /// EXPERIMENTAL completion loop of issue 12 (one shard; `/healthz`,
-    /// `/echo`, `/ws` only; anything else it cannot do is refused at start).
-    #[arg(long, env = "RINGCAST_RUNTIME", value_enum, default_value_t = Runtime::TokioUring)]
+    /// The shards' runtime: `uring` (default), ringcast's own completion
+    /// loop, or `tokio-uring`, the previous one.
+    #[arg(long, env = "RINGCAST_RUNTIME", value_enum, default_value_t = Runtime::Uring)]
     pub runtime: Runtime,
 
     /// Pin shard N to core N (mod the number of cores).
@@ -657,11 +656,6 @@ impl Config {
             .map_err(|e| format!("--anonymous-subscribe: {e}"))?;
         crate::runtime::client_ip::parse_proxies(&self.trusted_proxies)
             .map_err(|e| format!("--trusted-proxies: {e}"))?;
-        if self.runtime == Runtime::Uring {
-            if let Some(e) = crate::loop_runtime::unsupported(self) {
-                return Err(e);
-            }
-        }
         Ok(())
     }
 
@@ -775,12 +769,7 @@ impl fmt::Display for Config {
             self.shards,
             if self.pin_cores { " (pinned)" } else { "" }
         )?;
-        if self.runtime == Runtime::Uring {
-            writeln!(
-                f,
-                "  runtime            uring (EXPERIMENTAL completion loop)"
-            )?;
-        }
+        writeln!(f, "  runtime            {}", self.runtime.as_str())?;
         writeln!(f, "  max-connections    {} per shard", self.max_connections)?;
         writeln!(f, "  handshake-timeout  {:?}", self.handshake_timeout)?;
         writeln!(f, "  ping-interval      {:?}", self.ping_interval)?;

@@ -1,8 +1,7 @@
-//! `--runtime uring` (EXPERIMENTAL, issue 12 step 2): the completion loop
-//! serving real traffic on one shard, end to end against the real binary.
-//! `/healthz`, `/echo` (RFC 6455) and `/ws` (pub/sub), a slow reader
-//! (partial sends), hostile input, and the start-up refusal of what the
-//! loop does not support yet.
+//! The completion loop (`--runtime uring`) end to end against the real
+//! binary, on what is its own: partial sends to a slow reader, accepts
+//! that learn the peer's address, hostile input, timeouts and shutdown.
+//! Every other suite in `tests/` runs on it too (it is the default).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -17,7 +16,7 @@ fn broker(extra: &[&str]) -> Broker {
 }
 
 #[test]
-fn healthz_and_what_is_not_served_yet() {
+fn healthz_keep_alive_and_metrics() {
     let b = broker(&[]);
     assert!(b.banner.contains("uring"), "{}", b.banner);
     let r = http_exchange(b.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -30,27 +29,37 @@ fn healthz_and_what_is_not_served_yet() {
     );
     assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
     let r = http_exchange(b.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("ringcast_connections{shard=\"0\""), "{r}");
     let r = http_exchange(b.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
 }
 
+/// The per-IP limits need each peer's address, which a multishot accept
+/// cannot give: the loop then arms single-shot accepts with an address
+/// slot each. Two shards, so that the count crosses shards.
 #[test]
-fn what_it_cannot_do_is_refused_at_start() {
-    for extra in [
-        &["--shards", "2"][..],
-        &["--shards", "1", "--demo"],
-        &["--shards", "1", "--redis", "redis://127.0.0.1:1"],
-        &["--shards", "1", "--max-connections-per-ip", "10"],
-    ] {
-        let mut args = vec!["--runtime", "uring"];
-        args.extend_from_slice(extra);
-        let err = Broker::try_start(&args).err().expect("refused");
-        assert!(
-            err.contains("--runtime uring is experimental"),
-            "{extra:?}: {err}"
-        );
-    }
+fn per_ip_limits_see_the_peer_address() {
+    let b = Broker::start(&["--shards", "2", "--max-connections-per-ip", "3"]);
+    let open: Vec<RawWs> = (0..3).map(|_| RawWs::connect(b.addr, "/ws")).collect();
+    let r = http_exchange(
+        b.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("too many connections from this address"), "{r}");
+    // `/healthz` is exempt.
+    let r = http_exchange(b.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop(open);
+    ringcast_e2e::wait_until("the address's connections are released", || {
+        http_exchange(
+            b.addr,
+            b"GET /poll/x?timeout_ms=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 200")
+    });
 }
 
 #[test]

@@ -1,15 +1,24 @@
-//! `--runtime uring` (EXPERIMENTAL, issue 12 step 2): one shard served on
-//! the completion loop of [`crate::uring`] instead of `tokio-uring`.
+//! `--runtime uring`: the shards on the completion loop of [`crate::uring`]
+//! instead of `tokio-uring`.
 //!
-//! What it serves: `GET /healthz`, `GET /echo` (RFC 6455 echo) and `GET
-//! /ws` (pub/sub through the engine) on one shard, with the handshake,
-//! idle, ping, message and close timeouts from a periodic sweep over the
-//! connection table. What it does not serve yet is refused at start-up
-//! ([`unsupported`]) or answered `501` (`/`, `/metrics`, `/poll`, `/sse`,
-//! `/publish`); see `docs/configuration.md`.
+//! One thread per shard, each with its own ring, listener (SO_REUSEPORT),
+//! engine and connection table ([`serve::Serve`], the loop's handler).
+//! Between turns a shard takes the mesh's messages for it, carries out
+//! what its engine asked for, and sends its own batches to other shards
+//! (and the Redis thread): one batch per destination per turn, and a
+//! wake-up (the destination's eventfd) only when the destination's inbox
+//! was empty. Timed work (timeouts, pings, held polls, the demo feeder,
+//! history expiry) is a periodic sweep plus the nearest deadline the shard
+//! knows of: no timer per connection.
 
+mod endpoints;
+mod http;
 mod serve;
+mod ws;
 
+pub(crate) use endpoints::{query_u64, refusal};
+
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,115 +27,117 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use ringcast_core::{Engine, Placement};
+use ringcast_core::{Engine, Msg, Placement};
 
-use crate::auth::{AuthMode, SharedPolicy};
+use crate::auth::SharedPolicy;
 use crate::config::Config;
+use crate::runtime::mesh::{Inbox, Mesh};
+use crate::runtime::route::MeshRoute;
 use crate::runtime::Shared;
 use crate::uring::{self, Loop, Waker};
 
-use serve::{OneShard, Serve};
+use serve::{Serve, OVERLOAD_SLACK};
 
-/// What `--runtime uring` cannot do yet, as the start-up error names it;
-/// `None` if the configuration is one it serves.
-pub fn unsupported(config: &Config) -> Option<String> {
-    let mut what = Vec::new();
-    if config.shards != 1 {
-        what.push(format!("--shards {} (give --shards 1)", config.shards));
-    }
-    if config.redis.is_some() {
-        what.push("--redis".to_string());
-    }
-    if config.auth_mode() == AuthMode::Jwt {
-        what.push("--auth jwt".to_string());
-    }
-    if config.api_keys_file.is_some() {
-        what.push("--api-keys-file".to_string());
-    }
-    if config.demo {
-        what.push("--demo".to_string());
-    }
-    if config.max_connections_per_ip != 0 || config.max_connection_rate_per_ip != 0 {
-        what.push("--max-connections-per-ip / --max-connection-rate-per-ip".to_string());
-    }
-    if !config.trusted_proxies.is_empty() {
-        what.push("--trusted-proxies".to_string());
-    }
-    (!what.is_empty()).then(|| {
-        format!(
-            "--runtime uring is experimental and does not support {} yet",
-            what.join(", ")
-        )
-    })
-}
-
-/// Starts the one shard's thread; returns it and the waker that
-/// [`crate::runtime::Server::shutdown`] uses, once the shard accepts.
+/// Starts one thread per listener (shard); returns them and the wakers
+/// that [`crate::runtime::Server::shutdown`] uses, once every shard
+/// accepts.
 pub fn start(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     config: Arc<Config>,
     shared: Arc<Shared>,
+    inboxes: Arc<[Inbox<Msg>]>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(JoinHandle<()>, Waker), String> {
-    // Accepted sockets inherit the listener's options: a direct descriptor
-    // has no fd for setsockopt.
-    socket2::SockRef::from(&listener)
-        .set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY on the listener: {e}"))?;
+) -> Result<(Vec<JoinHandle<()>>, Vec<Waker>), String> {
     let (tx, rx) = mpsc::channel::<Result<Waker, String>>();
-    let thread = std::thread::Builder::new()
-        .name("shard-0".into())
-        .spawn(move || run(listener, config, shared, shutdown, tx))
-        .map_err(|e| format!("cannot start the shard thread: {e}"))?;
-    match rx.recv() {
-        Ok(Ok(waker)) => Ok((thread, waker)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("the shard thread died at start-up".into()),
+    let mut threads = Vec::with_capacity(listeners.len());
+    for (id, listener) in listeners.into_iter().enumerate() {
+        // Accepted sockets inherit the listener's options: a direct
+        // descriptor has no fd for setsockopt.
+        socket2::SockRef::from(&listener)
+            .set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY on the listener: {e}"))?;
+        let (config, shared, inboxes) = (config.clone(), shared.clone(), inboxes.clone());
+        let (shutdown, tx) = (shutdown.clone(), tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || run(id, listener, config, shared, inboxes, shutdown, tx))
+            .map_err(|e| format!("cannot start a shard thread: {e}"))?;
+        threads.push(thread);
     }
+    drop(tx);
+    let mut wakers = Vec::with_capacity(threads.len());
+    for _ in 0..threads.len() {
+        match rx.recv() {
+            Ok(Ok(waker)) => wakers.push(waker),
+            Ok(Err(e)) => {
+                for w in &wakers {
+                    w.wake();
+                }
+                return Err(e);
+            }
+            Err(_) => return Err("a shard thread died at start-up".into()),
+        }
+    }
+    Ok((threads, wakers))
 }
 
 fn run(
+    id: usize,
     listener: std::net::TcpListener,
     config: Arc<Config>,
     shared: Arc<Shared>,
+    inboxes: Arc<[Inbox<Msg>]>,
     shutdown: watch::Receiver<bool>,
     started: mpsc::Sender<Result<Waker, String>>,
 ) {
     if config.pin_cores {
-        crate::runtime::pin_to_core(0);
+        crate::runtime::pin_to_core(id);
     }
+    let mesh = Rc::new(Mesh::new(id, inboxes.clone(), config.mesh_queue));
     let engine = Engine::new(
-        0,
-        Placement::new(1, rand::random()),
+        id,
+        Placement::new(config.shards, shared.placement_seed()),
         config.limits(),
         shared.epoch(),
-        OneShard,
+        MeshRoute(mesh.clone()),
         Box::new(SharedPolicy(shared.policy().clone())),
     );
-    let handler = Serve::new(config.clone(), shared.clone(), engine);
+    let engine = if shared.cluster().is_some() {
+        engine.with_backend()
+    } else {
+        engine
+    };
+    let handler = Serve::new(id, config.clone(), shared.clone(), engine, mesh);
     // The table is bounded by RLIMIT_NOFILE; what is past it waits in the
-    // listen backlog.
+    // listen backlog. Past --max-connections, a slack of connections is
+    // still taken to be answered `503` (or `/healthz`).
     // (The loop adds 64 entries of accept headroom; a few more are the
     // process's own descriptors.)
     let room = uring::nofile_limit().saturating_sub(256);
-    let max_conns = (config.max_connections as u64).min(room).max(1) as u32;
+    let wanted = (config.max_connections + OVERLOAD_SLACK) as u64;
+    let max_conns = wanted.min(room).max(1) as u32;
     let loop_config = uring::Config {
         max_conns,
         buffer_size: config.read_buffer as u32,
+        peer_addrs: shared.ip_limits().is_active(),
         ..uring::Config::default()
     };
     let mut lp = match Loop::new(loop_config, handler) {
         Ok(lp) => lp,
         Err(e) => {
-            let _ = started.send(Err(format!("shard 0: {e}")));
+            let _ = started.send(Err(format!("shard {id}: {e}")));
             return;
         }
     };
     if let Err(e) = lp.listen(listener) {
-        let _ = started.send(Err(format!("shard 0: {e}")));
+        let _ = started.send(Err(format!("shard {id}: {e}")));
         return;
     }
-    info!(ring = %lp.info(), max_conns, "shard 0 on the experimental completion loop");
+    inboxes[id].set_waker(lp.waker());
+    debug!(shard = id, ring = %lp.info(), max_conns, "shard on the completion loop");
+    if id == 0 {
+        info!(ring = %lp.info(), "shards on the completion loop");
+    }
     let _ = started.send(Ok(lp.waker()));
     shared.shard_ready();
     let period = crate::runtime::shard::sweep_period(&config);
@@ -136,26 +147,36 @@ fn run(
     loop {
         let now = Instant::now();
         let mut wake_at = next_sweep;
-        if let Some(t) = lp.handler().engine_deadline() {
+        if let Some(t) = lp.handler().deadline() {
             wake_at = wake_at.min(t);
         }
         let timeout = wake_at
             .saturating_duration_since(now)
             .max(Duration::from_millis(1));
         if let Err(e) = lp.turn(Some(timeout)) {
-            warn!(error = %e, "the loop failed; the shard stops");
+            warn!(shard = id, error = %e, "the loop failed; the shard stops");
             break;
         }
-        lp.with_handler(|h, ops| h.run_outputs(ops));
         let now = Instant::now();
-        if now >= next_sweep || lp.handler().engine_deadline().is_some_and(|t| now >= t) {
-            lp.with_handler(|h, ops| h.sweep(ops, now));
+        let sweep = now >= next_sweep;
+        if sweep {
             next_sweep = now + period;
         }
+        let timed = sweep || lp.handler().deadline().is_some_and(|t| now >= t);
+        lp.with_handler(|h, ops| {
+            if timed {
+                h.timers(ops, now, sweep);
+            }
+            h.after_turn(ops);
+        });
         if grace_end.is_none() && *shutdown.borrow() {
-            debug!("shutting down");
+            debug!(shard = id, "shutting down");
             grace_end = Some(now + config.shutdown_grace);
-            lp.with_handler(|h, ops| h.begin_shutdown(ops));
+            lp.stop_accepting();
+            lp.with_handler(|h, ops| {
+                h.begin_shutdown(ops);
+                h.after_turn(ops);
+            });
         }
         if let Some(end) = grace_end {
             if lp.handler().open() == 0 && lp.connections() == 0 {
@@ -163,6 +184,7 @@ fn run(
             }
             if now >= end && !aborted {
                 warn!(
+                    shard = id,
                     left = lp.handler().open(),
                     "grace period over, dropping connections"
                 );

@@ -18,6 +18,7 @@ use super::conn::{
 };
 use super::shard::Shard;
 use crate::error::HttpError;
+use crate::loop_runtime::{query_u64, refusal};
 use crate::metrics::Kind;
 use ringcast_core::auth::Denied;
 use ringcast_core::outbox::Outbox;
@@ -167,33 +168,6 @@ pub(super) async fn publish(
             b"shutting down\n",
         ),
     }
-}
-
-/// The text of an HTTP endpoint's refusal (publish, poll, SSE), by code.
-fn refusal(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::Overloaded => "the broker is overloaded; retry later",
-        ErrorCode::Unavailable => "the cluster backend (Redis) is unavailable; retry later",
-        ErrorCode::Limit => "too many topics",
-        ErrorCode::Forbidden => "the credentials do not allow this topic",
-        ErrorCode::Unauthorized => "credentials are needed for this topic",
-        _ => "refused",
-    }
-}
-
-/// Parses `since` and `timeout_ms` from a query string. Unknown keys are
-/// ignored; a known key with a bad value is an error naming it.
-fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
-    for pair in query.unwrap_or("").split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == key {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("{key} must be a non-negative integer"));
-        }
-    }
-    Ok(None)
 }
 
 /// `GET /poll/{topic}?since=N&timeout_ms=T`: every retained message with

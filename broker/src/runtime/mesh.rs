@@ -19,16 +19,21 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
+
+use crate::uring::Waker;
 
 /// A shard's incoming queue, shared with every other shard.
 pub struct Inbox<M> {
     queue: Mutex<Vec<M>>,
     /// Messages in `queue`, readable without the lock.
     len: AtomicUsize,
+    /// Wakes a receiver on a tokio runtime (the Redis thread).
     ready: Notify,
+    /// Wakes a receiver on a completion loop (a shard): its eventfd.
+    waker: OnceLock<Waker>,
 }
 
 impl<M> Default for Inbox<M> {
@@ -37,6 +42,22 @@ impl<M> Default for Inbox<M> {
             queue: Mutex::new(Vec::new()),
             len: AtomicUsize::new(0),
             ready: Notify::new(),
+            waker: OnceLock::new(),
+        }
+    }
+}
+
+impl<M> Inbox<M> {
+    /// The receiver is a completion loop: a batch landing in an empty
+    /// inbox wakes it through `waker` (one `write(2)` per batch).
+    pub fn set_waker(&self, waker: Waker) {
+        let _ = self.waker.set(waker);
+    }
+
+    fn wake(&self) {
+        self.ready.notify_one();
+        if let Some(w) = self.waker.get() {
+            w.wake();
         }
     }
 }
@@ -101,7 +122,10 @@ impl<M: Send> Mesh<M> {
         }
     }
 
-    fn flush_now(&self) {
+    /// Moves every batch into its inbox, waking each receiver whose inbox
+    /// was empty. A completion loop calls this once per turn, after the
+    /// turn's completions have all added to the batches.
+    pub fn flush_now(&self) {
         self.flush_scheduled.set(false);
         let mut outgoing = self.outgoing.borrow_mut();
         for (dst, batch) in outgoing.iter_mut().enumerate() {
@@ -117,9 +141,22 @@ impl<M: Send> Mesh<M> {
                 was_empty
             };
             if was_empty {
-                inbox.ready.notify_one();
+                inbox.wake();
             }
         }
+    }
+
+    /// Swaps what waits for this shard into `into` without waiting; false
+    /// if nothing did (checked without the lock).
+    pub fn try_recv(&self, into: &mut Vec<M>) -> bool {
+        let inbox = &self.inboxes[self.id];
+        if inbox.len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(into, &mut *q);
+        inbox.len.fetch_sub(into.len(), Ordering::Relaxed);
+        !into.is_empty()
     }
 
     /// Waits for messages to this shard and swaps them into `into` (which

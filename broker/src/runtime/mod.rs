@@ -80,6 +80,11 @@ impl Shared {
         self.cluster.as_deref()
     }
 
+    /// The seed every shard's [`ringcast_core::Placement`] is built with.
+    pub fn placement_seed(&self) -> [u64; 4] {
+        self.placement_seed
+    }
+
     /// This instance's epoch, sent in `subscribed`.
     pub fn epoch(&self) -> &str {
         &self.epoch
@@ -110,8 +115,8 @@ pub struct Server {
     epoch: String,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
-    /// `--runtime uring`: wakes the loop to see the shutdown at once.
-    waker: Option<crate::uring::Waker>,
+    /// `--runtime uring`: wakes each shard's loop to see the shutdown at once.
+    wakers: Vec<crate::uring::Waker>,
 }
 
 impl Server {
@@ -135,7 +140,7 @@ impl Server {
     /// shards exit; [`Server::join`] waits for them.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        if let Some(w) = &self.waker {
+        for w in &self.wakers {
             w.wake();
         }
     }
@@ -187,20 +192,6 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .map(|_| Arc::new(crate::cluster::ClusterStats::default())),
     });
     let (tx, rx) = watch::channel(false);
-    if config.runtime == crate::config::Runtime::Uring {
-        // EXPERIMENTAL (issue 12 step 2): one shard on the completion loop.
-        let listener = listeners.into_iter().next().expect("one listener");
-        let (thread, waker) = crate::loop_runtime::start(listener, config, shared.clone(), rx)
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        return Ok(Server {
-            addr,
-            policy,
-            epoch: shared.epoch.clone(),
-            shutdown: tx,
-            threads: vec![thread],
-            waker: Some(waker),
-        });
-    }
     // In a cluster the Redis thread is one more endpoint of the mesh, at
     // index `shards`.
     let endpoints = config.shards + usize::from(config.redis.is_some());
@@ -218,6 +209,25 @@ pub fn start(config: Config) -> Result<Server, Error> {
         )
         .map_err(Error::Config)?;
         threads.push(thread);
+    }
+    if config.runtime == crate::config::Runtime::Uring {
+        let started = crate::loop_runtime::start(listeners, config, shared.clone(), inboxes, rx);
+        let (shards, wakers) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(true);
+                return Err(Error::Io(std::io::Error::other(e)));
+            }
+        };
+        threads.extend(shards);
+        return Ok(Server {
+            addr,
+            policy,
+            epoch: shared.epoch.clone(),
+            shutdown: tx,
+            threads,
+            wakers,
+        });
     }
     let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
     for (id, l) in listeners.into_iter().enumerate() {
@@ -284,6 +294,6 @@ pub fn start(config: Config) -> Result<Server, Error> {
         epoch: shared.epoch.clone(),
         shutdown: tx,
         threads,
-        waker: None,
+        wakers: Vec::new(),
     })
 }

@@ -46,6 +46,9 @@ pub(crate) mod flag {
     /// A cancel was sent because the connection took more than its
     /// burst of buffers in one turn.
     pub(crate) const THROTTLED: u16 = 1 << 6;
+    /// The handler paused reading (`Ops::pause_recv`): the recv is not
+    /// armed again until it resumes.
+    pub(crate) const PAUSED: u16 = 1 << 7;
 }
 
 /// One connection's state.

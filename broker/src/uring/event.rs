@@ -48,6 +48,11 @@ pub struct Config {
     pub recv_burst: u16,
     /// The buffer group id of the buffer ring.
     pub buffer_group: u16,
+    /// Learn each peer's address ([`Ops::opening_peer`]): accepts are
+    /// then [`ADDR_ACCEPTS`] single-shot accepts per listener, each with
+    /// its own address slot, instead of one multishot accept (whose one
+    /// address slot every connection would overwrite).
+    pub peer_addrs: bool,
 }
 
 impl Default for Config {
@@ -60,6 +65,7 @@ impl Default for Config {
             max_conns: 4096,
             recv_burst: 16,
             buffer_group: 0,
+            peer_addrs: false,
         }
     }
 }
@@ -99,6 +105,16 @@ pub trait Handler {
     /// the kernel when this returns: keep a copy of what must outlive the
     /// call (a frame cut across reads).
     fn on_data(&mut self, ops: &mut Ops<'_>, conn: ConnId, bytes: &[u8]) -> Action;
+
+    /// The peer ended its side (it may still read). [`Action::Close`]
+    /// (the default) closes once what is queued is sent;
+    /// [`Action::Continue`] keeps the connection for an answer still owed,
+    /// and the handler closes it ([`Ops::close`]) once that is queued. No
+    /// `on_data` follows either way.
+    fn on_eof(&mut self, ops: &mut Ops<'_>, conn: ConnId) -> Action {
+        let _ = (ops, conn);
+        Action::Close
+    }
 
     /// The connection is closing: called once, after which `conn` is
     /// refused everywhere. Its slot is reused (with a new generation) once
@@ -162,6 +178,11 @@ pub struct Stats {
 /// cancellation.
 pub const ACCEPT_HEADROOM: u32 = 64;
 
+/// Single-shot accepts armed per listener when peers' addresses are
+/// wanted ([`Config::peer_addrs`]); an accept's token slot is
+/// `listener * ADDR_ACCEPTS + i`.
+pub const ADDR_ACCEPTS: u32 = 16;
+
 /// Unused `Outgoing` boxes kept for reuse, at most.
 const SPARE_OUTGOING: usize = 256;
 
@@ -177,6 +198,10 @@ struct Core {
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Outgoing>>,
     stats: Stats,
+    /// The address of the peer being opened (`on_open`), if known.
+    opening_peer: Option<std::net::SocketAddr>,
+    /// Connections whose recv ended and must be armed again.
+    rearm: Vec<ConnId>,
 }
 
 impl Core {
@@ -242,6 +267,17 @@ impl Core {
         }
     }
 
+    /// Puts `id` in the re-arm list, unless its recv is armed, already
+    /// listed, or paused by the handler.
+    fn rearm_recv(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            if !conn.has(flag::CLOSING | flag::RECV | flag::REARM | flag::PAUSED) {
+                conn.flags |= flag::REARM;
+                self.rearm.push(id);
+            }
+        }
+    }
+
     fn recycle_outgoing(&mut self, mut out: Box<Outgoing>) {
         if self.spare.len() < SPARE_OUTGOING {
             out.clear();
@@ -272,6 +308,34 @@ impl Ops<'_> {
         self.core.close(conn)
     }
 
+    /// Stops reading `conn` (backpressure: the handler holds what it was
+    /// sent and wants no more until it has answered). The multishot recv
+    /// is cancelled when its next bytes arrive; those and any the kernel
+    /// delivers before the cancel lands still reach `on_data`. Unread
+    /// bytes wait in the socket, and TCP pushes back on the peer.
+    pub fn pause_recv(&mut self, conn: ConnId) {
+        if let Some(c) = self.core.get_mut(conn) {
+            c.flags |= flag::PAUSED;
+        }
+    }
+
+    /// Reads `conn` again after [`Ops::pause_recv`].
+    pub fn resume_recv(&mut self, conn: ConnId) {
+        if let Some(c) = self.core.get_mut(conn) {
+            if c.has(flag::PAUSED) {
+                c.flags &= !flag::PAUSED;
+                self.core.rearm_recv(conn);
+            }
+        }
+    }
+
+    /// Inside `on_open`, with [`Config::peer_addrs`]: the peer's address.
+    /// The loop keeps no address per connection; a handler that needs it
+    /// later keeps it.
+    pub fn opening_peer(&self) -> Option<std::net::SocketAddr> {
+        self.core.opening_peer
+    }
+
     /// Whether `conn` is open (not gone, not closing).
     pub fn is_open(&self, conn: ConnId) -> bool {
         self.core.get(conn).is_some_and(Conn::is_open)
@@ -281,6 +345,16 @@ impl Ops<'_> {
 /// A listening socket and whether its multishot accept is armed.
 struct Listener {
     fd: OwnedFd,
+    armed: bool,
+    /// With [`Config::peer_addrs`]: the single-shot accepts' address slots
+    /// (boxed: the kernel writes to them while they are armed).
+    addrs: Option<Box<[AcceptAddr]>>,
+}
+
+/// Where one single-shot accept writes its peer's address.
+struct AcceptAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
     armed: bool,
 }
 
@@ -298,8 +372,8 @@ pub struct Loop<H: Handler> {
     /// Accepting stopped at `max_conns` (or a full fixed-file table);
     /// resumes when a slot is freed.
     accept_paused: bool,
-    /// Connections whose recv ended and must be armed again.
-    recv_rearm: Vec<ConnId>,
+    /// [`Loop::stop_accepting`] was called: accepting never resumes.
+    stopped: bool,
     waker: Waker,
     /// The eventfd read's target; boxed so that its address is stable.
     wake_buf: Box<u64>,
@@ -360,12 +434,14 @@ impl<H: Handler> Loop<H> {
                 dirty: Vec::new(),
                 spare: Vec::new(),
                 stats: Stats::default(),
+                opening_peer: None,
+                rearm: Vec::new(),
             },
             handler,
             config,
             listeners: Vec::new(),
             accept_paused: false,
-            recv_rearm: Vec::new(),
+            stopped: false,
             waker,
             wake_buf: Box::new(0),
             cqes: Vec::new(),
@@ -385,14 +461,39 @@ impl<H: Handler> Loop<H> {
     /// (`TCP_NODELAY`, buffer sizes): a direct descriptor has no fd for
     /// `setsockopt`.
     pub fn listen(&mut self, listener: TcpListener) -> Result<(), Error> {
+        let addrs = self.config.peer_addrs.then(|| {
+            (0..ADDR_ACCEPTS)
+                .map(|_| AcceptAddr {
+                    // SAFETY: sockaddr_storage is plain data; zero is valid.
+                    storage: unsafe { std::mem::zeroed() },
+                    len: 0,
+                    armed: false,
+                })
+                .collect()
+        });
         self.listeners.push(Listener {
             fd: listener.into(),
             armed: false,
+            addrs,
         });
         if self.accept_paused {
             return Ok(());
         }
         self.arm_accept(self.listeners.len() - 1)
+    }
+
+    /// Stops accepting for good (shutdown): the accepts are cancelled and
+    /// the listeners shut down, so that clients still in the backlog are
+    /// refused instead of left waiting.
+    pub fn stop_accepting(&mut self) {
+        self.stopped = true;
+        let _ = self.pause_accepting();
+        for l in &self.listeners {
+            // SAFETY: the listener's descriptor is open (owned by `l`).
+            unsafe {
+                libc::shutdown(l.fd.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
     }
 
     /// A handle any thread can use to wake this loop.
@@ -531,9 +632,19 @@ impl<H: Handler> Loop<H> {
         });
     }
 
-    fn on_accept(&mut self, listener: u32, res: i32, flags: u32) -> Result<(), Error> {
-        if !cqueue::more(flags) {
-            self.listeners[listener as usize].armed = false;
+    fn on_accept(&mut self, code: u32, res: i32, flags: u32) -> Result<(), Error> {
+        let (listener, i) = (code / ADDR_ACCEPTS, (code % ADDR_ACCEPTS) as usize);
+        let l = &mut self.listeners[listener as usize];
+        let mut peer = None;
+        match &mut l.addrs {
+            Some(addrs) => {
+                addrs[i].armed = false;
+                if res >= 0 {
+                    peer = sockaddr_to_std(&addrs[i].storage, addrs[i].len);
+                }
+            }
+            None if !cqueue::more(flags) => l.armed = false,
+            None => {}
         }
         if res >= 0 {
             let file = res as u32;
@@ -553,12 +664,14 @@ impl<H: Handler> Loop<H> {
                 if self.core.conns.len() >= self.config.max_conns as usize {
                     self.pause_accepting()?;
                 }
+                self.core.opening_peer = peer;
                 self.handler.on_open(
                     &mut Ops {
                         core: &mut self.core,
                     },
                     id,
                 );
+                self.core.opening_peer = None;
             }
         } else if res != -libc::ECANCELED {
             self.core.stats.accept_errors += 1;
@@ -579,9 +692,12 @@ impl<H: Handler> Loop<H> {
     fn pause_accepting(&mut self) -> Result<(), Error> {
         self.accept_paused = true;
         for index in 0..self.listeners.len() {
-            if self.listeners[index].armed {
-                let accept = Token::new(Kind::Accept, index as u32, 0).encode();
-                let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(accept).all())
+            let l = &self.listeners[index];
+            let armed = l.armed || l.addrs.iter().flat_map(|a| a.iter()).any(|a| a.armed);
+            if armed {
+                // Every accept on the listener, multishot or single-shot.
+                let fd = Fd(l.fd.as_raw_fd());
+                let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(fd).all())
                     .build()
                     .user_data(Token::new(Kind::AcceptCancel, index as u32, 0).encode());
                 self.ring.push(&cancel)?;
@@ -621,7 +737,13 @@ impl<H: Handler> Loop<H> {
                 conn.burst = 0;
             }
             conn.burst = conn.burst.saturating_add(1);
-            let throttle = more && open && conn.burst >= burst_cap && !conn.has(flag::THROTTLED);
+            // Past its burst, or paused by the handler: the recv is
+            // cancelled (what the kernel delivers before the cancel lands
+            // still goes to the handler).
+            let throttle = more
+                && open
+                && (conn.burst >= burst_cap || conn.has(flag::PAUSED))
+                && !conn.has(flag::THROTTLED);
             self.core.stats.recv_cqes += 1;
             self.core.stats.recv_bytes += res as u64;
             let action = if open {
@@ -653,9 +775,20 @@ impl<H: Handler> Loop<H> {
             match -res {
                 0 => {
                     // The peer ended its side; a half-closed peer still
-                    // reads, so what is queued for it goes out first.
+                    // reads, so what is queued for it goes out first, and
+                    // the handler may still owe it an answer.
+                    let open = self.core.get(id).is_some_and(Conn::is_open);
+                    let kept = open
+                        && self.handler.on_eof(
+                            &mut Ops {
+                                core: &mut self.core,
+                            },
+                            id,
+                        ) == Action::Continue;
                     let flush = self.core.get(id).is_some_and(Conn::pending);
-                    if flush {
+                    if kept {
+                        // The handler closes it once it has answered.
+                    } else if flush {
                         // Closes once the queue is out (no-op if asked).
                         self.core.close(id);
                     } else {
@@ -779,19 +912,17 @@ impl<H: Handler> Loop<H> {
             self.core.recycle_outgoing(out);
         }
         self.core.stats.freed += 1;
-        if self.accept_paused && self.core.conns.len() < self.config.max_conns as usize {
+        if self.accept_paused
+            && !self.stopped
+            && self.core.conns.len() < self.config.max_conns as usize
+        {
             // `prepare` arms the accepts again.
             self.accept_paused = false;
         }
     }
 
     fn rearm_recv(&mut self, id: ConnId) {
-        if let Some(conn) = self.core.get_mut(id) {
-            if !conn.has(flag::CLOSING | flag::RECV | flag::REARM) {
-                conn.flags |= flag::REARM;
-                self.recv_rearm.push(id);
-            }
-        }
+        self.core.rearm_recv(id);
     }
 
     /// Cancels the multishot recv of a connection that took its burst; its
@@ -819,13 +950,36 @@ impl<H: Handler> Loop<H> {
         self.ring.push(&recv)
     }
 
+    /// Arms what is not armed of `index`'s accepts: its multishot accept,
+    /// or each idle single-shot one of [`Config::peer_addrs`].
     fn arm_accept(&mut self, index: usize) -> Result<(), Error> {
         let listener = &mut self.listeners[index];
+        if let Some(addrs) = &mut listener.addrs {
+            let fd = Fd(listener.fd.as_raw_fd());
+            for (i, a) in addrs.iter_mut().enumerate() {
+                if a.armed {
+                    continue;
+                }
+                a.armed = true;
+                a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                let code = index as u32 * ADDR_ACCEPTS + i as u32;
+                let accept = opcode::Accept::new(
+                    fd,
+                    (&mut a.storage as *mut libc::sockaddr_storage).cast(),
+                    &mut a.len,
+                )
+                .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
+                .build()
+                .user_data(Token::new(Kind::Accept, code, 0).encode());
+                self.ring.push(&accept)?;
+            }
+            return Ok(());
+        }
         listener.armed = true;
         let accept = opcode::AcceptMulti::new(Fd(listener.fd.as_raw_fd()))
             .allocate_file_index(true)
             .build()
-            .user_data(Token::new(Kind::Accept, index as u32, 0).encode());
+            .user_data(Token::new(Kind::Accept, index as u32 * ADDR_ACCEPTS, 0).encode());
         self.ring.push(&accept)
     }
 
@@ -847,7 +1001,12 @@ impl<H: Handler> Loop<H> {
     fn prepare(&mut self) -> Result<(), Error> {
         if !self.accept_paused {
             for index in 0..self.listeners.len() {
-                if !self.listeners[index].armed {
+                let l = &self.listeners[index];
+                let idle = match &l.addrs {
+                    Some(addrs) => addrs.iter().any(|a| !a.armed),
+                    None => !l.armed,
+                };
+                if idle {
                     self.arm_accept(index)?;
                 }
             }
@@ -856,12 +1015,16 @@ impl<H: Handler> Loop<H> {
         // turn the ring is full again; the check keeps a recv from being
         // armed on an empty ring, which fails at once with ENOBUFS.
         if self.bufs.available() > 0 {
-            for id in std::mem::take(&mut self.recv_rearm) {
-                let waiting = self
-                    .core
-                    .get(id)
-                    .is_some_and(|c| c.has(flag::REARM) && !c.has(flag::CLOSING | flag::RECV));
-                if waiting {
+            for id in std::mem::take(&mut self.core.rearm) {
+                let Some(c) = self.core.get_mut(id) else {
+                    continue;
+                };
+                if c.has(flag::PAUSED) {
+                    // Listed before the pause: `resume_recv` lists it again.
+                    c.flags &= !flag::REARM;
+                    continue;
+                }
+                if c.has(flag::REARM) && !c.has(flag::CLOSING | flag::RECV) {
                     self.core.stats.rearms += 1;
                     self.arm_recv(id)?;
                 }
@@ -948,5 +1111,39 @@ impl<H: Handler> Loop<H> {
             .and_then(|c| c.out.as_ref())
             .map(|o| o.bufs.iter().map(|b| b.as_ptr()).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A peer address the kernel wrote, as the standard type.
+fn sockaddr_to_std(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }

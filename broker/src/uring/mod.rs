@@ -34,7 +34,7 @@ use std::io;
 
 pub use conn::ConnId;
 pub(crate) use event::nofile_limit;
-pub use event::{Action, CloseReason, Config, Handler, Loop, Ops, Stats};
+pub use event::{Action, CloseReason, Config, Handler, Loop, Ops, Stats, ADDR_ACCEPTS};
 pub use ring::{Mode, RingInfo, MIN_KERNEL};
 pub use wake::Waker;
 

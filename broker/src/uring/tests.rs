@@ -33,6 +33,7 @@ fn config() -> Config {
         max_conns: 512,
         recv_burst: 16,
         buffer_group: 0,
+        peer_addrs: false,
     }
 }
 
@@ -651,4 +652,132 @@ fn idle_connection_rss() {
     );
     drop(conns);
     server.stop();
+}
+
+/// Records each peer's address as `on_open` sees it.
+struct Peers {
+    seen: Arc<Mutex<Vec<Option<SocketAddr>>>>,
+}
+
+impl Handler for Peers {
+    fn on_open(&mut self, ops: &mut Ops<'_>, _conn: ConnId) {
+        self.seen.lock().unwrap().push(ops.opening_peer());
+    }
+
+    fn on_data(&mut self, _ops: &mut Ops<'_>, _conn: ConnId, _bytes: &[u8]) -> Action {
+        Action::Continue
+    }
+}
+
+#[test]
+fn single_shot_accepts_give_each_peer_its_own_address() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let cfg = Config {
+        peer_addrs: true,
+        ..config()
+    };
+    let handler = Peers { seen: seen.clone() };
+    let server = start(cfg, listener(|_| {}), handler, |_| {}, |_| ());
+    // More at once than there are accepts armed (ADDR_ACCEPTS).
+    let clients: Vec<TcpStream> = (0..3 * ADDR_ACCEPTS)
+        .map(|_| connect(server.addr))
+        .collect();
+    wait_until("every accept", || {
+        seen.lock().unwrap().len() == clients.len()
+    });
+    let mut got: Vec<SocketAddr> = seen.lock().unwrap().iter().map(|a| a.unwrap()).collect();
+    let mut want: Vec<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    drop(clients);
+    server.stop();
+
+    // Without the option there is no address (one multishot accept).
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler = Peers { seen: seen.clone() };
+    let server = start(config(), listener(|_| {}), handler, |_| {}, |_| ());
+    let c = connect(server.addr);
+    wait_until("the accept", || seen.lock().unwrap().len() == 1);
+    assert_eq!(seen.lock().unwrap()[0], None);
+    drop(c);
+    server.stop();
+}
+
+/// Pauses reading after each `PAUSE_AFTER` bytes until woken; counts bytes.
+struct Pauser {
+    got: Arc<AtomicUsize>,
+    conn: Option<ConnId>,
+    since_pause: usize,
+}
+
+const PAUSE_AFTER: usize = 64 * 1024;
+
+impl Handler for Pauser {
+    fn on_open(&mut self, _ops: &mut Ops<'_>, conn: ConnId) {
+        self.conn = Some(conn);
+    }
+
+    fn on_data(&mut self, ops: &mut Ops<'_>, conn: ConnId, bytes: &[u8]) -> Action {
+        self.got.fetch_add(bytes.len(), Ordering::SeqCst);
+        self.since_pause += bytes.len();
+        if self.since_pause >= PAUSE_AFTER {
+            ops.pause_recv(conn);
+        }
+        Action::Continue
+    }
+
+    fn on_wake(&mut self, ops: &mut Ops<'_>) {
+        if let Some(conn) = self.conn {
+            self.since_pause = 0;
+            ops.resume_recv(conn);
+        }
+    }
+}
+
+#[test]
+fn a_paused_connection_is_not_read_until_resumed() {
+    let got = Arc::new(AtomicUsize::new(0));
+    let handler = Pauser {
+        got: got.clone(),
+        conn: None,
+        since_pause: 0,
+    };
+    // A small receive buffer, so that the peer's writes stall while paused.
+    let l = listener(|s| s.set_recv_buffer_size(4096).unwrap());
+    let server = start(config(), l, handler, |_| {}, |_| ());
+    const LEN: usize = 4 * 1024 * 1024;
+    let addr = server.addr;
+    let writer = thread::spawn(move || {
+        let mut c = connect(addr);
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < LEN {
+            c.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        c
+    });
+    // Paused: what was read stops near the pause point (the reads already
+    // under way and the socket buffers are all that may still come).
+    wait_until("the first pause", || {
+        got.load(Ordering::SeqCst) >= PAUSE_AFTER
+    });
+    thread::sleep(Duration::from_millis(200));
+    let paused_at = got.load(Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(got.load(Ordering::SeqCst), paused_at, "read while paused");
+    assert!(paused_at < LEN / 2, "{paused_at}");
+    // Resumed over and over, everything arrives.
+    let mut rounds = 0;
+    while got.load(Ordering::SeqCst) < LEN {
+        server.waker.wake();
+        thread::sleep(Duration::from_millis(5));
+        rounds += 1;
+        assert!(rounds < 20_000, "stalled at {}", got.load(Ordering::SeqCst));
+    }
+    assert_eq!(got.load(Ordering::SeqCst), LEN);
+    drop(writer.join().unwrap());
+    let ((), stats) = server.stop();
+    assert!(stats.throttled > 0, "{stats:?}");
 }
