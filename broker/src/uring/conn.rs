@@ -93,8 +93,7 @@ impl Conn {
     }
 }
 
-/// The most buffers one sendmsg carries (the writer of the tokio-uring
-/// runtime uses the same bound for writev); the rest wait for the next.
+/// The most buffers one sendmsg carries; the rest wait for the next.
 pub(crate) const MAX_IOV: usize = 64;
 
 /// A connection's send queue and the sendmsg over its head.

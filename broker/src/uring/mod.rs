@@ -1,8 +1,6 @@
-//! The completion-driven shard loop of issue 12, on the `io-uring` crate.
-//!
-//! Not wired into the runtime yet: today's shards still run on
-//! `tokio-uring` (`crate::runtime`). This module is the foundation that
-//! will replace it, built and tested on its own first:
+//! The completion-driven shard loop, on the `io-uring` crate: what the
+//! shards run on (`crate::runtime`). It knows nothing of HTTP or pub/sub;
+//! its [`Handler`] does.
 //!
 //! - [`ring`]: one ring per thread, set up for a single issuer, and the
 //!   probe that refuses a kernel missing what the loop needs (Linux 6.0,
