@@ -79,11 +79,47 @@ struct InFrame {
 }
 
 /// A data message being assembled from one or more frames.
+///
+/// Its bytes are boxed, and only once a first piece of it has to be kept:
+/// a message that arrives whole (nearly every one) is split off the read
+/// buffer and never needs this buffer, and keeping one inline made every
+/// connection's state 24 bytes larger for it (issue 12's per-connection
+/// budget, docs/benchmarks.md).
 #[derive(Debug)]
 struct Assembly {
     opcode: OpCode,
-    buf: BytesMut,
+    buf: Option<Box<BytesMut>>,
     utf8: Utf8Validator,
+}
+
+impl Assembly {
+    fn new(opcode: OpCode) -> Self {
+        Assembly {
+            opcode,
+            buf: None,
+            utf8: Utf8Validator::new(),
+        }
+    }
+
+    /// Bytes assembled so far.
+    fn len(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    fn append(&mut self, chunk: BytesMut) {
+        match &mut self.buf {
+            // Adopt the chunk's allocation when we can; `unsplit` is free
+            // for contiguous pieces of the same buffer.
+            Some(buf) if buf.is_empty() => **buf = chunk,
+            Some(buf) => buf.unsplit(chunk),
+            None if chunk.is_empty() => {}
+            None => self.buf = Some(Box::new(chunk)),
+        }
+    }
+
+    fn into_payload(self) -> Bytes {
+        self.buf.map_or_else(Bytes::new, |b| b.freeze())
+    }
 }
 
 /// One WebSocket connection's protocol state.
@@ -147,11 +183,17 @@ impl WebSocket {
     }
 
     /// Control frames queued by the protocol (pong, close), ready to write.
+    ///
+    /// The whole buffer goes with them: `split` would leave its spare
+    /// capacity here, and with it the allocation the returned frames share,
+    /// kept alive after they are written for as long as the connection
+    /// lives (every idle connection pinged once kept one). The next control
+    /// frame allocates afresh; they are rare.
     pub fn take_output(&mut self) -> Option<Bytes> {
         if self.out.is_empty() {
             None
         } else {
-            Some(self.out.split().freeze())
+            Some(std::mem::take(&mut self.out).freeze())
         }
     }
 
@@ -266,7 +308,7 @@ impl WebSocket {
                 .as_mut()
                 .expect("check_header starts a message");
             // Fast path: a whole single-frame message is already buffered.
-            if frame.fin && frame.done == 0 && message.buf.is_empty() && buf.len() >= frame.len {
+            if frame.fin && frame.done == 0 && message.len() == 0 && buf.len() >= frame.len {
                 let mut payload = buf.split_to(frame.len);
                 if let Some(key) = frame.mask {
                     apply_mask(&mut payload, key, 0);
@@ -295,13 +337,7 @@ impl WebSocket {
                     .feed(&chunk)
                     .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
-            if message.buf.is_empty() {
-                // Adopt the chunk's allocation when we can; `unsplit` is free
-                // for contiguous pieces of the same buffer.
-                message.buf = chunk;
-            } else {
-                message.buf.unsplit(chunk);
-            }
+            message.append(chunk);
             frame.done += take;
             if frame.done < frame.len {
                 return Ok(None);
@@ -316,7 +352,8 @@ impl WebSocket {
                         .finish()
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
-                return Ok(Some(data_event(message.opcode, message.buf.freeze())));
+                let opcode = message.opcode;
+                return Ok(Some(data_event(opcode, message.into_payload())));
             }
         }
     }
@@ -340,7 +377,7 @@ impl WebSocket {
                 let Some(message) = self.message.as_mut() else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
-                if message.buf.len() + len > self.limits.max_message {
+                if message.len() + len > self.limits.max_message {
                     return Err(ProtocolError::MessageTooBig);
                 }
             }
@@ -351,11 +388,7 @@ impl WebSocket {
                 if len > self.limits.max_message {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                self.message = Some(Assembly {
-                    opcode: h.opcode,
-                    buf: BytesMut::new(),
-                    utf8: Utf8Validator::new(),
-                });
+                self.message = Some(Assembly::new(h.opcode));
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {}
         }
@@ -453,6 +486,35 @@ mod tests {
             assert_eq!(err, None);
             assert_eq!(ev, vec![Event::Text(Bytes::from("héllo"))]);
         }
+    }
+
+    /// Between messages the machine holds no buffer: not the output that
+    /// was taken (its spare capacity used to stay, pinning the allocation
+    /// the written frames shared), not a message's assembly. It is kept per
+    /// connection, idle or not (issue 12), so its size is bounded too.
+    #[test]
+    fn an_idle_machine_holds_no_buffer() {
+        assert!(std::mem::size_of::<WebSocket>() <= 104);
+        let mut ws = server();
+        ws.ping(b"keep-alive");
+        let ping = ws.take_output().unwrap();
+        assert_eq!(ws.out.capacity(), 0, "the output went with the frame");
+        drop(ping);
+        let mut input = frame(false, 1, b"frag");
+        input.extend(frame(true, 9, b"ping!"));
+        input.extend(frame(true, 0, b"mented"));
+        let (ev, err) = run(&mut ws, &input, 3);
+        assert_eq!(err, None);
+        assert_eq!(
+            ev.last(),
+            Some(&Event::Text(Bytes::from_static(b"fragmented")))
+        );
+        assert!(ws.take_output().is_some(), "the pong");
+        assert!(!ws.in_message() && ws.out.capacity() == 0);
+        // A whole message split off the read buffer never makes a copy.
+        let (ev, _) = run(&mut ws, &frame(true, 2, b"whole"), 100);
+        assert_eq!(ev, vec![Event::Binary(Bytes::from_static(b"whole"))]);
+        assert!(ws.message.is_none());
     }
 
     #[test]
