@@ -62,11 +62,79 @@ pub enum PushError {
     Closed,
 }
 
+/// A FIFO that holds no heap while it has at most one element: the front
+/// element lives inline, and the ring behind it is allocated only once a
+/// second element waits and released as soon as it drains.
+///
+/// Why: every connection has an outbox, and most of them are idle most of
+/// the time (issue 12's budget is per idle connection). A `VecDeque`
+/// keeps the capacity its busiest moment gave it (the upgrade response
+/// left 128 bytes behind on every connection), and a subscriber that gets
+/// one frame per write, the common fan-out case, should not allocate per
+/// write either: with the front inline it does neither.
 #[derive(Debug)]
-pub struct Outbox {
-    queue: VecDeque<Bytes>,
-    queued: usize,
-    limit: usize,
+struct Fifo<T> {
+    front: Option<T>,
+    rest: VecDeque<T>,
+}
+
+impl<T> Fifo<T> {
+    const fn new() -> Self {
+        Fifo {
+            front: None,
+            rest: VecDeque::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.front.is_none()
+    }
+
+    fn push_back(&mut self, v: T) {
+        if self.front.is_none() {
+            self.front = Some(v);
+        } else {
+            self.rest.push_back(v);
+        }
+    }
+
+    /// Lets the ring's allocation go once nothing is behind the front.
+    fn release(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() != 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let v = self.front.take()?;
+        self.front = self.rest.pop_front();
+        self.release();
+        Some(v)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.front.iter().chain(&self.rest)
+    }
+
+    fn clear(&mut self) {
+        self.front = None;
+        self.rest = VecDeque::new();
+    }
+
+    /// Whether anything is allocated (for tests of the idle footprint).
+    #[cfg(test)]
+    fn holds_heap(&self) -> bool {
+        self.rest.capacity() != 0
+    }
+}
+
+/// What an outbox accounts only while a reply, a replay or a slow
+/// consumer's conflation is under way. It is boxed, and dropped as soon as
+/// nothing of it is left (`Outbox::tidy`): every connection has an outbox,
+/// and an idle one is then its queue and four counters (112 bytes instead
+/// of 184; issue 12's per-connection budget, docs/benchmarks.md).
+#[derive(Debug, Default)]
+struct Extra {
     /// Control bytes queued and not yet written, and where each run of
     /// them ends in the stream (`(end, len)`, adjacent runs merged).
     /// Counted by position, not since the queue was last empty: a client
@@ -80,11 +148,38 @@ pub struct Outbox {
     /// first and must not use up its allowance.
     replay: usize,
     replay_end: u64,
+    /// Conflated messages waiting for room, one per topic.
+    held: Vec<Held>,
+}
+
+impl Extra {
+    /// Replay bytes queued and not yet written, once `written` bytes are.
+    fn replay_unwritten(&self, written: u64) -> usize {
+        let left = self.replay_end.saturating_sub(written);
+        (self.replay as u64).min(left) as usize
+    }
+
+    /// Nothing left to account: no control byte unwritten, no replay
+    /// unwritten (which stays so until the next replay), nothing held.
+    fn is_spent(&self, written: u64) -> bool {
+        self.control == 0
+            && self.control_runs.is_empty()
+            && self.held.is_empty()
+            && self.replay_unwritten(written) == 0
+    }
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Fifo<Bytes>,
+    queued: usize,
+    limit: usize,
     /// Stream positions: bytes ever queued (minus discarded), and written.
     enqueued: u64,
     written: u64,
-    /// Conflated messages waiting for room, one per topic.
-    held: Vec<Held>,
+    /// Control, replay and conflation accounting; `None` while there is
+    /// none.
+    extra: Option<Box<Extra>>,
     /// The connection speaks Server-Sent Events: notices are SSE events.
     sse: bool,
     state: State,
@@ -96,20 +191,36 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(limit: usize) -> Self {
         Outbox {
-            queue: VecDeque::new(),
+            queue: Fifo::new(),
             queued: 0,
             limit,
-            control: 0,
-            control_runs: VecDeque::new(),
-            replay: 0,
-            replay_end: 0,
             enqueued: 0,
             written: 0,
-            held: Vec::new(),
+            extra: None,
             sse: false,
             state: State::Open,
             wake: false,
         }
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the accounting once it is spent.
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.is_spent(self.written))
+        {
+            self.extra = None;
+        }
+    }
+
+    /// Control bytes queued and not yet written.
+    fn control(&self) -> usize {
+        self.extra.as_ref().map_or(0, |e| e.control)
     }
 
     /// Bytes waiting to be written.
@@ -134,8 +245,9 @@ impl Outbox {
 
     /// Replay bytes queued and not yet written.
     fn replay_unwritten(&self) -> usize {
-        let left = self.replay_end.saturating_sub(self.written);
-        (self.replay as u64).min(left) as usize
+        self.extra
+            .as_ref()
+            .map_or(0, |e| e.replay_unwritten(self.written))
     }
 
     /// Whether `len` more bytes may be queued: an empty queue takes one
@@ -156,7 +268,7 @@ impl Outbox {
     /// slack runs out. Published messages do not count: a slow consumer's
     /// `unsubscribe` must get through the queue it is drowning in.
     pub fn can_take_command(&self) -> bool {
-        self.state != State::Open || self.control <= CONTROL_SLACK / 2
+        self.state != State::Open || self.control() <= CONTROL_SLACK / 2
     }
 
     fn enqueue(&mut self, buf: Bytes) {
@@ -231,15 +343,16 @@ impl Outbox {
         if self.state != State::Open {
             return Err(PushError::Closed);
         }
-        if self.control + buf.len() > CONTROL_SLACK {
+        if self.control() + buf.len() > CONTROL_SLACK {
             return Err(PushError::Full);
         }
         let (start, len) = (self.enqueued, buf.len());
-        self.control += len;
         self.enqueue(buf);
-        match self.control_runs.back_mut() {
+        let e = self.extra();
+        e.control += len;
+        match e.control_runs.back_mut() {
             Some(run) if run.0 == start => *run = (start + len as u64, run.1 + len),
-            _ => self.control_runs.push_back((start + len as u64, len)),
+            _ => e.control_runs.push_back((start + len as u64, len)),
         }
         Ok(())
     }
@@ -247,25 +360,31 @@ impl Outbox {
     /// Forgets the control runs written up to `written`, or dropped past
     /// `enqueued`.
     fn settle_control(&mut self) {
-        while let Some(run) = self.control_runs.front_mut() {
+        let (written, enqueued) = (self.written, self.enqueued);
+        let Some(e) = self.extra.as_deref_mut() else {
+            return;
+        };
+        while let Some(run) = e.control_runs.front_mut() {
             let (end, len) = *run;
-            if end > self.written {
+            if end > written {
                 // Partly written: what is left of the run is what counts.
-                let left = ((end - self.written) as usize).min(len);
-                self.control -= len - left;
+                let left = ((end - written) as usize).min(len);
+                e.control -= len - left;
                 run.1 = left;
                 break;
             }
-            self.control_runs.pop_front();
-            self.control -= len;
+            e.control_runs.pop_front();
+            e.control -= len;
         }
-        while let Some(&(end, len)) = self.control_runs.back() {
-            if end <= self.enqueued {
+        while let Some(&(end, len)) = e.control_runs.back() {
+            if end <= enqueued {
                 break;
             }
-            self.control_runs.pop_back();
-            self.control -= len;
+            e.control_runs.pop_back();
+            e.control -= len;
         }
+        // Replies are occasional: nothing is kept between them.
+        self.tidy();
     }
 
     /// Queues a replayed (retained) message past the bound, up to `allowance`
@@ -280,9 +399,12 @@ impl Outbox {
         if unwritten + frame.len() > allowance {
             return self.try_push(frame);
         }
-        self.replay = unwritten + frame.len();
+        let replay = unwritten + frame.len();
         self.enqueue(frame);
-        self.replay_end = self.enqueued;
+        let end = self.enqueued;
+        let e = self.extra();
+        e.replay = replay;
+        e.replay_end = end;
         Ok(())
     }
 
@@ -299,7 +421,11 @@ impl Outbox {
         conflate: bool,
     ) -> Result<Pushed, PushError> {
         if conflate {
-            if let Some(h) = self.held.iter_mut().find(|h| *h.topic == **topic) {
+            let held = self
+                .extra
+                .as_deref_mut()
+                .map_or(&mut [][..], |e| &mut e.held);
+            if let Some(h) = held.iter_mut().find(|h| *h.topic == **topic) {
                 h.seq = seq;
                 h.frame = frame;
                 h.after = None;
@@ -312,7 +438,7 @@ impl Outbox {
                 self.enqueue(frame);
                 return Ok(Pushed::Queued);
             }
-            self.held.push(Held {
+            self.extra().held.push(Held {
                 topic: topic.clone(),
                 first: seq,
                 seq,
@@ -335,9 +461,11 @@ impl Outbox {
         self.queued = self.queued.saturating_sub(dropped);
         // Dropped bytes will never be written: the stream ends before them.
         self.enqueued -= dropped as u64;
-        self.replay_end = self.replay_end.min(self.enqueued);
+        if let Some(e) = self.extra.as_deref_mut() {
+            e.replay_end = e.replay_end.min(self.enqueued);
+            e.held = Vec::new();
+        }
         self.settle_control();
-        self.held.clear();
     }
 
     /// Encode conflation notices as Server-Sent Events.
@@ -347,12 +475,16 @@ impl Outbox {
 
     /// Forgets a topic's conflated message (the client unsubscribed).
     pub fn drop_held(&mut self, topic: &str) {
-        self.held.retain(|h| *h.topic != *topic);
+        if let Some(e) = self.extra.as_deref_mut() {
+            e.held.retain(|h| *h.topic != *topic);
+        }
+        // Conflation is a slow consumer's state: over, it keeps nothing.
+        self.tidy();
     }
 
     /// Topics with a conflated message waiting.
     pub fn held_topics(&self) -> usize {
-        self.held.len()
+        self.extra.as_ref().map_or(0, |e| e.held.len())
     }
 
     /// Seqs `from..=to` of `topic` will never arrive (dropped between
@@ -360,7 +492,11 @@ impl Outbox {
     /// must not overtake it: it is recorded behind that message (and
     /// returns true). Otherwise (false) the caller queues the notice now.
     pub fn hold_skip(&mut self, topic: &str, from: u64, to: u64) -> bool {
-        let Some(h) = self.held.iter_mut().find(|h| *h.topic == *topic) else {
+        let held = self
+            .extra
+            .as_deref_mut()
+            .map_or(&mut [][..], |e| &mut e.held);
+        let Some(h) = held.iter_mut().find(|h| *h.topic == *topic) else {
             return false;
         };
         h.after = Some(match h.after {
@@ -373,10 +509,10 @@ impl Outbox {
     /// Moves conflated messages into the queue once it has drained to half
     /// its bound, each after its `skipped` notice.
     fn release_held(&mut self) {
-        if self.held.is_empty() || self.queued > self.limit / 2 {
+        if self.held_topics() == 0 || self.queued > self.limit / 2 {
             return;
         }
-        for h in std::mem::take(&mut self.held) {
+        for h in std::mem::take(&mut self.extra().held) {
             if h.seq > h.first {
                 let notice = self.skipped(&h.topic, h.first, h.seq - 1);
                 self.enqueue(notice);
@@ -387,6 +523,7 @@ impl Outbox {
                 self.enqueue(notice);
             }
         }
+        self.tidy();
     }
 
     fn skipped(&self, topic: &str, from: u64, to: u64) -> Bytes {
@@ -411,8 +548,12 @@ impl Outbox {
 
     /// Moves up to `max` queued buffers into `out` for one write.
     pub fn take_batch(&mut self, out: &mut Vec<Bytes>, max: usize) {
-        let n = self.queue.len().min(max);
-        out.extend(self.queue.drain(..n));
+        for _ in 0..max {
+            match self.queue.pop_front() {
+                Some(b) => out.push(b),
+                None => return,
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -433,10 +574,8 @@ impl Outbox {
     pub fn close(&mut self) {
         self.state = State::Closed;
         self.queue.clear();
-        self.held.clear();
         self.queued = 0;
-        self.control = 0;
-        self.control_runs.clear();
+        self.extra = None;
         self.wake = true;
     }
 }
@@ -668,6 +807,74 @@ mod tests {
             pushed += 100;
         }
         assert!(pushed <= CONTROL_SLACK);
+    }
+
+    /// An outbox that has written what it was given keeps no heap: not the
+    /// ring a burst of buffers needed, nor the control runs of a reply, nor
+    /// a conflated topic's slot. Idle connections are most connections.
+    #[test]
+    fn a_drained_outbox_holds_no_heap() {
+        let idle = |o: &Outbox| !o.queue.holds_heap() && o.extra.is_none();
+        #[cfg(target_pointer_width = "64")]
+        assert!(std::mem::size_of::<Outbox>() <= 112);
+        let mut o = Outbox::new(100);
+        assert!(idle(&o), "a new outbox allocates nothing");
+        o.push_response(b(129)).unwrap();
+        assert!(idle(&o), "one buffer waits inline");
+        drain(&mut o);
+        o.push_control(b(40)).unwrap();
+        o.push_control(b(40)).unwrap();
+        o.try_push(b(10)).unwrap();
+        o.push_control(b(40)).unwrap();
+        assert!(!idle(&o), "a burst needs the ring");
+        assert_eq!(drain(&mut o).len(), 4);
+        assert!(idle(&o), "written, the burst's ring and runs are gone");
+        let t: Arc<str> = Arc::from("t");
+        o.try_push(b(100)).unwrap();
+        o.push_message(&t, 1, b(50), true).unwrap();
+        assert_eq!(o.held_topics(), 1);
+        o.drop_held("t");
+        drain(&mut o);
+        assert!(idle(&o), "an unsubscribed conflated topic leaves nothing");
+        o.try_push(b(60)).unwrap();
+        o.try_push(b(40)).unwrap();
+        o.discard_queued();
+        assert!(idle(&o));
+        for _ in 0..3 {
+            o.push_replay(b(50), 500).unwrap();
+        }
+        assert!(!idle(&o), "a replay in flight is accounted");
+        drain(&mut o);
+        assert!(idle(&o), "written, the replay leaves nothing");
+        o.push_message(&t, 2, b(200), true).unwrap();
+        o.push_message(&t, 3, b(50), true).unwrap();
+        o.push_message(&t, 4, b(50), true).unwrap();
+        assert_eq!(o.held_topics(), 1);
+        assert_eq!(
+            drain(&mut o).len(),
+            3,
+            "a frame, the skip notice, the newest"
+        );
+        assert!(idle(&o), "conflation over, nothing is kept");
+        o.push_control(b(10)).unwrap();
+        o.close();
+        assert!(idle(&o));
+    }
+
+    /// The inline front keeps queue order: it is always the oldest buffer.
+    #[test]
+    fn the_queue_is_first_in_first_out_across_its_inline_front() {
+        let mut o = Outbox::new(1000);
+        for n in 1..=5 {
+            o.try_push(b(n)).unwrap();
+        }
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 2);
+        o.try_push(b(6)).unwrap();
+        o.take_batch(&mut batch, 64);
+        let lens: Vec<usize> = batch.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [1, 2, 3, 4, 5, 6]);
+        assert!(o.is_empty());
     }
 
     #[test]
