@@ -112,7 +112,30 @@ impl Grant {
     pub fn is_authenticated(&self) -> bool {
         self.subject.is_some()
     }
+
+    /// Whether this is [`Grant::open`] (every field: a field added to
+    /// `Grant` must be compared here too).
+    pub(crate) fn is_open(&self) -> bool {
+        let Grant {
+            subject,
+            subscribe,
+            publish,
+            expires_in,
+        } = self;
+        subject.is_none()
+            && *subscribe == Access::All
+            && *publish == Access::All
+            && expires_in.is_none()
+    }
 }
+
+/// [`Grant::open`], for a session to point at instead of holding a copy.
+pub(crate) static OPEN: Grant = Grant {
+    subject: None,
+    subscribe: Access::All,
+    publish: Access::All,
+    expires_in: None,
+};
 
 /// Why access was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

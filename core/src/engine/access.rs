@@ -53,8 +53,8 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return Ok(());
         };
-        s.grant = grant;
-        s.token_due = None;
+        s.set_grant(grant);
+        s.clear_deadlines(false);
         self.schedule_expiry(conn, expires_in, now);
         Ok(())
     }
@@ -64,8 +64,8 @@ impl<R: Route> Engine<R> {
     /// nothing), or be closed with 4401.
     pub fn require_token_by(&mut self, conn: ConnId, deadline: Instant) {
         if let Some(s) = self.session_mut(conn) {
-            if !s.grant.is_authenticated() {
-                s.token_due = Some(deadline);
+            if !s.grant().is_authenticated() {
+                s.access().token_due = Some(deadline);
                 self.timers
                     .insert((deadline, conn.idx, conn.gen, Due::Token));
             }
@@ -83,7 +83,7 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session(conn) else {
             return Ok(());
         };
-        let result = self.auth.subscribe(&s.grant, topic).map_err(|d| match d {
+        let result = self.auth.subscribe(s.grant(), topic).map_err(|d| match d {
             Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
             Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
         });
@@ -99,9 +99,8 @@ impl<R: Route> Engine<R> {
     pub fn reset_grant(&mut self, conn: ConnId) {
         let grant = self.auth.anonymous();
         if let Some(s) = self.session_mut(conn) {
-            s.grant = grant;
-            s.expires_at = None;
-            s.token_due = None;
+            s.set_grant(grant);
+            s.clear_deadlines(true);
         }
     }
 
@@ -114,7 +113,7 @@ impl<R: Route> Engine<R> {
     /// Whether the connection presented valid credentials.
     pub fn is_authenticated(&self, conn: ConnId) -> bool {
         self.session(conn)
-            .is_some_and(|s| s.grant.is_authenticated())
+            .is_some_and(|s| s.grant().is_authenticated())
     }
 
     fn schedule_expiry(&mut self, conn: ConnId, expires_in: Option<Duration>, now: Instant) {
@@ -124,8 +123,11 @@ impl<R: Route> Engine<R> {
         };
         // An expiry no clock can reach (a token with `exp` in the year
         // 500 billion) is no expiry.
-        s.expires_at = expires_in.and_then(|d| now.checked_add(d));
-        if let Some(at) = s.expires_at {
+        let expires_at = expires_in.and_then(|d| now.checked_add(d));
+        if expires_at.is_some() || s.expires_at().is_some() {
+            s.access().expires_at = expires_at;
+        }
+        if let Some(at) = expires_at {
             self.timers.insert((at, conn.idx, conn.gen, Due::Expiry));
             let warn = at.checked_sub(notice).filter(|w| *w > now).unwrap_or(now);
             self.timers.insert((warn, conn.idx, conn.gen, Due::Notice));
@@ -138,7 +140,7 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session(conn) else {
             return;
         };
-        if s.grant.is_authenticated() {
+        if s.grant().is_authenticated() {
             return self.close_with(conn, CLOSE_BAD_CONNECT, "already connected");
         }
         let Some(token) = token else {
@@ -156,7 +158,7 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session(conn) else {
             return;
         };
-        let Some(subject) = s.grant.subject.clone() else {
+        let Some(subject) = s.grant().subject.clone() else {
             let msg = "refresh needs a connection that connected with a token";
             return self.reply(conn, reply::error(ErrorCode::BadRequest, msg, &id));
         };
@@ -177,7 +179,7 @@ impl<R: Route> Engine<R> {
             Ok(g) => {
                 let expires_in = g.expires_in;
                 if let Some(s) = self.session_mut(conn) {
-                    s.grant = g;
+                    s.set_grant(g);
                 }
                 self.schedule_expiry(conn, expires_in, now);
                 self.send_connected(conn, "refreshed", id, now);
@@ -190,9 +192,9 @@ impl<R: Route> Engine<R> {
             return;
         };
         let left = s
-            .expires_at
+            .expires_at()
             .map(|at| at.saturating_duration_since(now).as_secs());
-        let frame = reply::connected(op, s.grant.subject.as_deref(), left, &id);
+        let frame = reply::connected(op, s.grant().subject.as_deref(), left, &id);
         self.reply(conn, frame);
     }
 
@@ -204,7 +206,10 @@ impl<R: Route> Engine<R> {
             }
             // Nothing may follow the close: deliveries skip it from now on.
             s.slow = true;
-            s.parked.clear();
+            if let Some(p) = s.pipeline_mut() {
+                p.parked.clear();
+            }
+            s.tidy_pipeline();
             self.out.push_back(Output::Close { conn, code, reason });
         }
     }
@@ -223,11 +228,11 @@ impl<R: Route> Engine<R> {
             // A timer stands only while the session still has that
             // deadline (a refresh or an admission replaces it).
             match due {
-                Due::Token if s.token_due == Some(at) && !s.grant.is_authenticated() => {
+                Due::Token if s.token_due() == Some(at) && !s.grant().is_authenticated() => {
                     self.stats.auth_failures += 1;
                     self.close_with(conn, CLOSE_UNAUTHORIZED, "no token");
                 }
-                Due::Expiry if s.expires_at == Some(at) => match s.transport {
+                Due::Expiry if s.expires_at() == Some(at) => match s.transport {
                     // A live stream ends with its token.
                     Transport::WebSocket | Transport::Sse => {
                         self.close_with(conn, CLOSE_UNAUTHORIZED, "token expired")
@@ -239,7 +244,7 @@ impl<R: Route> Engine<R> {
                 },
                 // Only a WebSocket can be told (and can refresh).
                 Due::Notice if s.transport == Transport::WebSocket => {
-                    if let Some(exp) = s.expires_at.filter(|e| *e > now) {
+                    if let Some(exp) = s.expires_at().filter(|e| *e > now) {
                         if exp.saturating_duration_since(at) <= self.limits.token_expiry_notice {
                             let left = exp.saturating_duration_since(now).as_secs();
                             self.reply(conn, reply::expiring(left));
@@ -265,12 +270,17 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return false;
         };
-        if s.bucket.take(rate, now) {
-            s.strikes = 0;
+        if !rate.is_limited() {
+            // Unlimited (the limits never change): no bucket to keep.
             return true;
         }
-        s.strikes += 1;
-        let out = s.strikes >= strikes;
+        let a = s.access();
+        if a.bucket.take(rate, now) {
+            a.strikes = 0;
+            return true;
+        }
+        a.strikes += 1;
+        let out = a.strikes >= strikes;
         self.stats.rate_limited += 1;
         if out {
             self.close_with(conn, CLOSE_TOO_MANY, "too many commands");

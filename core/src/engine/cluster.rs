@@ -425,7 +425,8 @@ impl<R: Route> Engine<R> {
             let notice = match s.transport {
                 Transport::Sse => reply::sse_reset(topic, &epoch, last_seq),
                 Transport::Poll => {
-                    s.poll_bytes = s.poll_bytes.max(poll_cap);
+                    let p = s.poll();
+                    p.bytes = p.bytes.max(poll_cap);
                     self.out.push_back(Output::PollReady(conn));
                     continue;
                 }

@@ -60,9 +60,10 @@ impl<R: Route> Engine<R> {
             Transport::Poll => {
                 // A held long-poll collects what its answer can carry; the
                 // client polls on from the last seq for the rest.
-                if s.poll_bytes < poll_cap {
-                    s.poll_bytes += frame.len();
-                    s.poll.push(frame.clone());
+                let p = s.poll();
+                if p.bytes < poll_cap {
+                    p.bytes += frame.len();
+                    p.messages.push(frame.clone());
                     self.stats.delivered += 1;
                     self.out.push_back(Output::PollReady(conn));
                 }

@@ -74,12 +74,16 @@ impl<R: Route> Engine<R> {
                 .subs
                 .iter()
                 .any(|x| matches!(x.state, SubState::Pending(_)));
-            if s.waiting != (pending || !s.parked.is_empty()) {
+            if s.waiting != (pending || s.parked() != 0) {
                 return Err(format!(
                     "{conn:?}: waiting {} with a subscription pending: {pending}, {} parked",
                     s.waiting,
-                    s.parked.len()
+                    s.parked()
                 ));
+            }
+            // An idle connection keeps nothing of its pipeline.
+            if s.pipeline_ref().is_some() && s.owed() == 0 && s.parked() == 0 {
+                return Err(format!("{conn:?}: keeps an empty pipeline"));
             }
             for (i, sub) in s.subs.iter().enumerate() {
                 if s.subs[..i].iter().any(|o| o.topic == sub.topic) {
@@ -98,7 +102,7 @@ impl<R: Route> Engine<R> {
                     return Err(format!("{conn:?}: {} {:?} dangling", sub.topic, sub.state));
                 }
             }
-            for o in &s.owed {
+            for o in s.pipeline_ref().iter().flat_map(|p| &p.owed) {
                 if let Some(t) = o.token {
                     let ok = matches!(
                         self.pending.get(t),

@@ -338,8 +338,8 @@ impl<R: Route> Engine<R> {
             // runs in turn (one at most: the reader stops here). It queues
             // behind a command already parked: it replaced nothing, but it
             // was dropped (never answered) when one was.
-            if s.parked.len() < 2 {
-                s.parked.push_back(payload.clone());
+            if s.parked() < 2 {
+                s.pipeline().parked.push_back(payload.clone());
             }
             return Flow::Wait;
         }
@@ -387,10 +387,11 @@ impl<R: Route> Engine<R> {
             return;
         };
         let publish = matches!(parsed, Ok(Command::Publish { .. }));
-        if !s.owed.is_empty() && (!publish || s.owed.len() >= max_owed) {
+        let owed = s.owed();
+        if owed != 0 && (!publish || owed >= max_owed) {
             // Its reply would overtake the ones owed (or too many are
             // owed): it runs once they are out, first of those parked.
-            s.parked.push_front(payload);
+            s.pipeline().parked.push_front(payload);
             s.waiting = true;
             return;
         }
@@ -435,10 +436,10 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return;
         };
-        if s.owed.is_empty() {
+        if s.owed() == 0 {
             return self.reply(conn, frame);
         }
-        s.owed.push_back(Owed {
+        s.pipeline().owed.push_back(Owed {
             token: None,
             reply: Some(frame),
         });
@@ -459,15 +460,22 @@ impl<R: Route> Engine<R> {
             let Some(s) = self.session_mut(conn) else {
                 return;
             };
-            if let Some(frame) = s.owed.front_mut().and_then(|o| o.reply.take()) {
-                s.owed.pop_front();
+            let ready = s
+                .pipeline_mut()
+                .and_then(|p| p.owed.front_mut())
+                .and_then(|o| o.reply.take());
+            if let Some(frame) = ready {
+                s.pipeline().owed.pop_front();
+                s.tidy_pipeline();
                 self.reply(conn, frame);
                 continue;
             }
-            if !s.owed.is_empty() {
+            if s.owed() != 0 {
                 return;
             }
-            let Some(parked) = s.parked.pop_front() else {
+            let parked = s.pipeline_mut().and_then(|p| p.parked.pop_front());
+            s.tidy_pipeline();
+            let Some(parked) = parked else {
                 return;
             };
             s.waiting = false;
@@ -478,7 +486,7 @@ impl<R: Route> Engine<R> {
             if s.waiting {
                 return;
             }
-            if s.parked.is_empty() {
+            if s.parked() == 0 {
                 self.out.push_back(Output::Resume(conn));
                 return;
             }
@@ -495,12 +503,12 @@ impl<R: Route> Engine<R> {
         let Some(s) = session_in(&self.sessions, conn) else {
             return;
         };
-        if let Err(d) = self.auth.publish(&s.grant, &topic) {
+        if let Err(d) = self.auth.publish(s.grant(), &topic) {
             self.stats.denied += 1;
             let (code, msg) = denial(d);
             return self.reply_in_order(conn, reply::error(code, &msg, &id));
         }
-        let subject = s.grant.subject.clone();
+        let subject = s.grant().subject.clone();
         if let Err(wait) = self.take_publish_token(subject.as_deref()) {
             let msg = format!("too many publishes: retry in {:.1} s", wait.max(0.1));
             return self.reply_in_order(conn, reply::error(ErrorCode::RateLimited, &msg, &id));
@@ -543,7 +551,7 @@ impl<R: Route> Engine<R> {
             return self.reply_in_order(conn, reply::error(ErrorCode::Overloaded, &msg, &id));
         }
         if let (Some(token), Some(s)) = (token, self.session_mut(conn)) {
-            s.owed.push_back(Owed {
+            s.pipeline().owed.push_back(Owed {
                 token: Some(token),
                 reply: None,
             });
@@ -616,7 +624,10 @@ impl<R: Route> Engine<R> {
                     return;
                 };
                 // The token is free for reuse from now on: the slot forgets it.
-                if let Some(o) = s.owed.iter_mut().find(|o| o.token == Some(token)) {
+                let slot = s
+                    .pipeline_mut()
+                    .and_then(|p| p.owed.iter_mut().find(|o| o.token == Some(token)));
+                if let Some(o) = slot {
                     o.token = None;
                     o.reply = Some(frame);
                 }
@@ -782,7 +793,8 @@ impl<R: Route> Engine<R> {
     /// Whether a held poll has something to answer with.
     pub fn poll_ready(&self, conn: ConnId) -> bool {
         self.session(conn)
-            .is_some_and(|s| !s.poll.is_empty() || s.poll_gap.is_some())
+            .and_then(Session::poll_ref)
+            .is_some_and(|p| !p.messages.is_empty() || p.gap.is_some())
     }
 
     /// What a poll answers with: the `gap` notice (if any) and the
@@ -792,13 +804,14 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return (None, Vec::new());
         };
-        s.poll_bytes = 0;
         s.transport = Transport::Plain;
         // Answered: whether or not its subscription went live, the poll no
         // longer waits (its owner's answer, when it comes, is stale).
         s.waiting = false;
-        s.epoch = None;
-        (s.poll_gap.take(), std::mem::take(&mut s.poll))
+        match s.take_poll() {
+            Some(p) => (p.gap, p.messages),
+            None => (None, Vec::new()),
+        }
     }
 
     /// The epoch a poll answer names: the topic's, once its subscription
@@ -806,7 +819,13 @@ impl<R: Route> Engine<R> {
     /// had not come): the runtime must not guess one, since a wrong epoch
     /// makes a client drop its place and read the history twice.
     pub fn poll_epoch(&self, conn: ConnId) -> Option<String> {
-        Some(self.session(conn)?.epoch.as_deref()?.to_string())
+        Some(
+            self.session(conn)?
+                .poll_ref()?
+                .epoch
+                .as_deref()?
+                .to_string(),
+        )
     }
 }
 /// A connection's session in `sessions`, if it is still that connection.

@@ -62,7 +62,7 @@ impl<R: Route> Engine<R> {
                 format!("at most {max} subscriptions per connection"),
             ))
         } else {
-            match self.auth.subscribe(&s.grant, &topic) {
+            match self.auth.subscribe(s.grant(), &topic) {
                 Ok(()) => None,
                 Err(d) => {
                     self.stats.denied += 1;
@@ -84,7 +84,7 @@ impl<R: Route> Engine<R> {
             let epoch = entry.epoch.clone();
             self.stats.subscriptions += 1;
             if let Some(s) = self.session_mut(conn) {
-                s.subs.push(Sub {
+                s.add_sub(Sub {
                     topic: key.clone(),
                     state: SubState::Live(slot),
                 });
@@ -95,7 +95,7 @@ impl<R: Route> Engine<R> {
         entry.requests += 1;
         let token = self.pending.insert(Pending::Sub { conn, id, since });
         if let Some(s) = self.session_mut(conn) {
-            s.subs.push(Sub {
+            s.add_sub(Sub {
                 topic: key.clone(),
                 state: SubState::Pending(token),
             });
@@ -113,7 +113,7 @@ impl<R: Route> Engine<R> {
                 unreachable!("just inserted")
             };
             if let Some(s) = self.session_mut(conn) {
-                s.subs.retain(|s| s.topic != key);
+                s.retain_subs(|s| s.topic != key);
                 s.waiting = false;
             }
             if let Some(e) = self.local.get_mut(&key) {
@@ -162,7 +162,7 @@ impl<R: Route> Engine<R> {
             (true, Ok(snap)) => self.go_live(conn, &topic, id, since, snap),
             (true, Err(code)) => {
                 if let Some(s) = self.session_mut(conn) {
-                    s.subs.retain(|s| s.topic != topic);
+                    s.retain_subs(|s| s.topic != topic);
                 }
                 let msg = match code {
                     ErrorCode::Limit => format!("cannot subscribe to {topic}: too many topics"),
@@ -182,7 +182,7 @@ impl<R: Route> Engine<R> {
         // stale one (a poll answered before its subscription went live)
         // resumed the next poll's subscription while it was still pending.
         if let Some(s) = self.session_mut(conn).filter(|_| wanted) {
-            if s.waiting && s.parked.is_empty() {
+            if s.waiting && s.parked() == 0 {
                 s.waiting = false;
                 self.out.push_back(Output::Resume(conn));
             } else if s.waiting {
@@ -225,10 +225,11 @@ impl<R: Route> Engine<R> {
                 // would be out of order, or lose the gap. Otherwise the
                 // answer ends here; the client polls on from its last seq
                 // and the owner's replay (or its `gap`) tells the rest.
-                if s.poll.is_empty() && s.poll_gap.is_none() {
-                    s.poll_gap = Some(reply::skipped(topic, from, to));
+                let p = s.poll();
+                if p.messages.is_empty() && p.gap.is_none() {
+                    p.gap = Some(reply::skipped(topic, from, to));
                 } else {
-                    s.poll_bytes = s.poll_bytes.max(poll_cap);
+                    p.bytes = p.bytes.max(poll_cap);
                 }
                 self.out.push_back(Output::PollReady(conn));
                 return;
@@ -280,7 +281,7 @@ impl<R: Route> Engine<R> {
                 Transport::Sse => self.reply(conn, reply::sse_gap(topic, since, first)),
                 Transport::Poll => {
                     if let Some(s) = self.session_mut(conn) {
-                        s.poll_gap = Some(reply::gap(topic, since, first, &None));
+                        s.poll().gap = Some(reply::gap(topic, since, first, &None));
                         self.out.push_back(Output::PollReady(conn));
                     }
                 }
@@ -326,10 +327,10 @@ impl<R: Route> Engine<R> {
         let Some(s) = self.session_mut(conn) else {
             return;
         };
-        s.epoch = Some(epoch.clone());
         match s.transport {
             Transport::Sse => self.reply(conn, reply::sse_subscribed(topic, &epoch)),
-            Transport::Poll => {}
+            // Its answer names the epoch (`Engine::poll_epoch`).
+            Transport::Poll => s.poll().epoch = Some(epoch),
             _ => self.reply(conn, reply::subscribed(topic, &epoch, id)),
         }
     }
@@ -342,7 +343,7 @@ impl<R: Route> Engine<R> {
         let Some(i) = s.subs.iter().position(|s| *s.topic == *topic) else {
             return;
         };
-        let sub = s.subs.swap_remove(i);
+        let sub = s.remove_sub(i);
         self.drop_sub(conn, sub);
     }
 
