@@ -74,9 +74,6 @@ autobahn() {
 step "Autobahn|Testsuite 1.* - 10.* against /echo"
 autobahn autobahn --shards 2
 
-step "Autobahn|Testsuite 1.* - 10.* against /echo on the previous runtime (--runtime tokio-uring)"
-autobahn autobahn-tokio-uring --shards 1 --runtime tokio-uring
-
 step "fuzz targets (corpus replay${FUZZ_SECONDS:+, ${FUZZ_SECONDS}s live per target})"
 fuzz/run.sh "$FUZZ_SECONDS"
 

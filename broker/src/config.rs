@@ -33,17 +33,15 @@ pub enum SlowConsumer {
 /// Which runtime drives the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// The previous runtime: `tokio-uring`, a reader and a writer task per
-    /// connection (kept for comparison until it is removed).
-    TokioUring,
-    /// The default: ringcast's own completion loop on the `io-uring` crate.
+    /// ringcast's own completion loop on the `io-uring` crate (the only
+    /// one since `tokio-uring` was removed; the flag stays so that scripts
+    /// that name it keep working).
     Uring,
 }
 
 impl Runtime {
     pub fn as_str(self) -> &'static str {
         match self {
-            Runtime::TokioUring => "tokio-uring",
             Runtime::Uring => "uring",
         }
     }
@@ -67,8 +65,8 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHARDS", default_value_t = default_shards())]
     pub shards: usize,
 
-    /// The shards' runtime: `uring` (default), ringcast's own completion
-    /// loop, or `tokio-uring`, the previous one.
+    /// The shards' runtime: `uring`, ringcast's own completion loop (the
+    /// only one; `tokio-uring` was removed).
     #[arg(long, env = "RINGCAST_RUNTIME", value_enum, default_value_t = Runtime::Uring)]
     pub runtime: Runtime,
 

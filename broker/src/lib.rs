@@ -4,17 +4,16 @@
 //!
 //! - `ringcast-proto`: WebSocket and HTTP/1.1 as sans-I/O state machines.
 //! - `ringcast-core`: the pub/sub engine as a sans-I/O state machine.
-//! - this crate: the runtime ([`runtime`], the only code that touches
-//!   sockets, threads, rings and clocks, and the only one that names
-//!   `tokio-uring`) and the `ringcast` binary ([`config`], [`metrics`],
-//!   [`demo`]).
+//! - this crate: the runtime ([`runtime`] on the completion loop of
+//!   [`uring`]: the only code that touches sockets, threads, rings and
+//!   clocks), the Redis backend ([`cluster`]) and the `ringcast` binary
+//!   ([`config`], [`metrics`], [`demo`]).
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod loop_runtime;
 pub mod metrics;
 pub mod runtime;
 pub mod uring;

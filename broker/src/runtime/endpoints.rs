@@ -1,376 +1,463 @@
 //! The HTTP pub/sub endpoints: `POST /publish/{topic}`, long-polling
 //! (`GET /poll/{topic}`) and Server-Sent Events (`GET /sse/{topic}`).
 //!
-//! Each is a handler the connection's reader (`conn.rs`) calls once it has
-//! routed a request; it reads the body if there is one, asks the engine,
-//! and queues the answer. A held poll is answered by a task of its own so
-//! that the reader reads on and sees a client that leaves.
+//! Each is a few steps of the connection's state machine rather than a
+//! task: a publish reads its body (`Phase::Body`) and then waits for its
+//! seq (`Wait::Publish`); a poll waits for its subscription
+//! (`Wait::Subscribe`) and is then held (`Wait::Held`) until a message or
+//! its timeout; an SSE stream subscribes and streams (`Phase::Stream`).
+//! The engine's outputs (`Published`, `Resume`, `PollReady`) move them on.
 
-use std::rc::Rc;
-use std::time::Instant;
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::access;
-use super::conn::{
-    admit, after_response, json_error, json_error_after, read_more, reject, respond, respond_with,
-    Conn, Next, Phase, EPOCH_HEADER, IDLE_READ, MAX_READ,
-};
-use super::shard::Shard;
-use crate::error::HttpError;
-use crate::loop_runtime::{query_u64, refusal};
-use crate::metrics::Kind;
 use ringcast_core::auth::Denied;
-use ringcast_core::outbox::Outbox;
 use ringcast_core::wire::command::{self, ErrorCode};
 use ringcast_core::wire::reply;
 use ringcast_core::{topic, Flow, Transport};
 use ringcast_proto::chunked::ChunkedDecoder;
 use ringcast_proto::http::{BodyFraming, Request};
 
+use super::serve::{Phase, Serve, Wait};
+use crate::error::HttpError;
+use crate::metrics::Kind;
+use crate::uring::{ConnId, Ops};
+
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Reads a request body framed by `framing` (`Content-Length` or chunked),
-/// at most `max` bytes. `Err` is what the request handler returns: a
-/// refusal queued (the connection closes) or the peer gone.
-async fn read_body(
-    shard: &Shard,
-    conn: &Conn,
-    req: &Request,
-    framing: BodyFraming,
-    max: usize,
-    buf: &mut BytesMut,
-) -> Result<Bytes, Next> {
-    let gone = |conn: &Conn| {
-        shard.outbox(conn, Outbox::close);
-        Next::Gone
-    };
-    // A client that sent `Expect: 100-continue` waits for this before it
-    // sends the body (curl does for a second, then sends it anyway). Only
-    // once the request is known to be acceptable, and only if the body
-    // has not begun to arrive.
-    let send_continue = |waiting: bool| {
-        if waiting && req.expects_continue() {
-            shard.outbox(conn, |o| o.push_response(Bytes::from_static(CONTINUE)));
-        }
-    };
-    match framing {
-        BodyFraming::None => Err(reject(shard, conn, HttpError::LengthRequired)),
-        BodyFraming::Length(len) if len > max as u64 => {
-            Err(reject(shard, conn, HttpError::PayloadTooLarge))
-        }
-        BodyFraming::Length(len) => {
-            let len = len as usize;
-            send_continue(buf.len() < len);
-            while buf.len() < len {
-                let want = (len - buf.len()).clamp(shard.config.read_buffer, MAX_READ);
-                if !read_more(shard, conn, buf, want).await {
-                    return Err(gone(conn));
-                }
-            }
-            Ok(buf.split_to(len).freeze())
-        }
-        BodyFraming::Chunked => {
-            send_continue(buf.is_empty());
-            let mut decoder = ChunkedDecoder::new(max);
-            let mut body = BytesMut::new();
-            loop {
-                match decoder.decode(buf, &mut body) {
-                    Ok(n) => buf.advance(n),
-                    Err(e) => return Err(reject(shard, conn, e)),
-                }
-                if decoder.is_done() {
-                    return Ok(body.freeze());
-                }
-                let left = usize::try_from(decoder.data_left()).unwrap_or(MAX_READ);
-                let want = left.clamp(shard.config.read_buffer, MAX_READ);
-                if !read_more(shard, conn, buf, want).await {
-                    return Err(gone(conn));
-                }
-            }
-        }
-    }
+/// The response header naming the broker instance on `/poll` and `/sse`.
+const EPOCH_HEADER: &str = "Ringcast-Epoch";
+
+/// A `POST /publish` body being read.
+pub(super) struct Body {
+    topic: String,
+    keep: bool,
+    /// The request's credential, checked once the body is in.
+    bearer: Option<String>,
+    framing: Framing,
+    data: BytesMut,
 }
 
-/// `POST /publish/{topic}`: the body (`Content-Length` or chunked) is the
-/// message `data`.
-pub(super) async fn publish(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    req: &Request,
-    framing: BodyFraming,
-    topic: &str,
-    keep: bool,
-    buf: &mut BytesMut,
-) -> Next {
-    let max = shard.config.max_message_size;
-    let body = match read_body(shard, conn, req, framing, max, buf).await {
-        Ok(body) => body,
-        Err(next) => return next,
-    };
-    if let Err(e) = topic::validate(topic) {
-        return json_error(shard, conn, keep, ErrorCode::BadTopic, e.message());
-    }
-    if !command::validate_data(&body) {
-        return json_error(
-            shard,
-            conn,
-            keep,
-            ErrorCode::BadJson,
-            "body is not a single JSON value",
-        );
-    }
-    let max_depth = shard.config.max_json_depth;
-    if command::json_depth(&body) > max_depth {
-        let message = command::too_deep(max_depth);
-        return json_error(shard, conn, keep, ErrorCode::BadJson, &message);
-    }
-    // An API key or a token (none needed under --auth none without keys).
-    let bearer = access::bearer(req);
-    let grant = match shard.shared.policy().http_publisher(bearer.as_deref()) {
-        Ok(g) => g,
-        Err(d) => {
-            if !matches!(d, Denied::Forbidden(_)) {
-                shard.engine(|e| e.count_auth_failure());
-            }
-            let (code, msg) = match d {
-                Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
-                Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
-                _ => (ErrorCode::Forbidden, "refused".into()),
-            };
-            return json_error(shard, conn, keep, code, &msg);
-        }
-    };
-    let answer = match shard.publish_as(Some(&grant), topic, body, true) {
-        Ok(Some(rx)) => rx.await,
-        Ok(None) => unreachable!("an acknowledged publish has a receiver"),
-        Err((code, Some(wait))) => {
-            let msg = "too many publishes; retry later";
-            return json_error_after(shard, conn, keep, code, msg, Some(wait));
-        }
-        Err((code, None)) => Ok(Err(code)),
-    };
-    // Once shutting down, this response is the connection's last.
-    let keep = keep && !shard.is_closing();
-    match answer {
-        Ok(Ok(seq)) => {
-            let body = format!("{{\"seq\":{seq}}}");
-            respond(shard, conn, keep, 200, "application/json", body.as_bytes())
-        }
-        Ok(Err(code)) => json_error(shard, conn, keep, code, refusal(code)),
-        Err(_) => respond(
-            shard,
-            conn,
-            false,
-            503,
-            "text/plain; charset=utf-8",
-            b"shutting down\n",
-        ),
-    }
+enum Framing {
+    /// This many bytes still to come.
+    Length(usize),
+    Chunked(ChunkedDecoder),
 }
 
-/// `GET /poll/{topic}?since=N&timeout_ms=T`: every retained message with
-/// `seq > N` at once, or the request is held until one arrives or `T` ms
-/// pass (`200 []`). A held request costs a waiting task, not a thread.
-pub(super) async fn poll(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    req: &Request,
-    topic: &str,
-    keep: bool,
-) -> Next {
-    if let Err(e) = topic::validate(topic) {
-        return json_error(shard, conn, keep, ErrorCode::BadTopic, e.message());
-    }
-    let max = shard.config.max_poll_timeout;
-    let (since, timeout_ms) = match (
-        query_u64(req.query(), "since"),
-        query_u64(req.query(), "timeout_ms"),
+impl Serve {
+    /// `POST /publish/{topic}`: the body (`Content-Length` or chunked) is
+    /// the message `data`; `buf` holds what followed the head.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn begin_publish(
+        &mut self,
+        ops: &mut Ops<'_>,
+        id: ConnId,
+        req: &Request,
+        framing: BodyFraming,
+        topic: String,
+        keep: bool,
+        buf: &mut BytesMut,
     ) {
-        (Ok(s), Ok(t)) => (
-            s.unwrap_or(0),
-            t.unwrap_or(30_000.min(max.as_millis() as u64)),
-        ),
-        (Err(e), _) | (_, Err(e)) => {
-            return json_error(shard, conn, keep, ErrorCode::BadRequest, &e)
-        }
-    };
-    let timeout = std::time::Duration::from_millis(timeout_ms);
-    if timeout > max {
-        let msg = format!("timeout_ms must be at most {}", max.as_millis());
-        return json_error(shard, conn, keep, ErrorCode::BadRequest, &msg);
-    }
-    if timeout_ms > 0 && shard.metrics().polls_held.get() >= shard.config.max_polls as i64 {
-        return respond(
-            shard,
-            conn,
-            false,
-            503,
-            "text/plain; charset=utf-8",
-            b"too many held polls\n",
-        );
-    }
-    if let Err(next) = admit(shard, conn, req, keep) {
-        return next;
-    }
-    shard.set_transport(conn, Transport::Poll);
-    // The request is in; holding it is bounded by `timeout_ms` (at most
-    // --max-poll-timeout), not by the request deadline.
-    conn.deadline.set(None);
-    if subscribe(shard, conn, topic, Some(since)).await {
-        let refused = shard.engine(|e| e.take_refusal(conn.id));
-        if let Some(code) = refused {
-            let now = Instant::now();
-            shard.engine(|e| e.take_poll(conn.id, now));
-            return json_error(shard, conn, keep, code, refusal(code));
-        }
-    }
-    if !shard.engine(|e| e.poll_ready(conn.id)) && timeout_ms > 0 {
-        // Held by a task of its own: the reader goes back to reading, so a
-        // client that leaves mid-hold is seen at once (see `end_hold`).
-        shard.metrics().polls_held.inc();
-        let (shard, conn2) = (shard.clone(), conn.clone());
-        let task = tokio_uring::spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            // A timer around a wake-up, not around socket I/O: safe to drop.
-            while !shard.engine(|e| e.poll_ready(conn2.id))
-                && !shard.is_closing()
-                && !conn2.peer_done.get()
-            {
-                if tokio::time::timeout_at(deadline, conn2.poll_ready.notified())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        let max = self.config.max_message_size;
+        let framing = match framing {
+            BodyFraming::None => return self.reject(ops, id, HttpError::LengthRequired),
+            BodyFraming::Length(len) if len > max as u64 => {
+                return self.reject(ops, id, HttpError::PayloadTooLarge)
             }
-            shard.metrics().polls_held.dec();
-            let next = answer_poll(&shard, &conn2, keep);
-            if let Next::KeepAlive = next {
-                after_response(&shard, &conn2).await;
-            }
-            next
-        });
-        *conn.held.borrow_mut() = Some(task);
-        return Next::Held;
-    }
-    answer_poll(shard, conn, keep)
-}
-
-/// Answers a poll with what was collected (capped at the outbox size).
-fn answer_poll(shard: &Shard, conn: &Rc<Conn>, keep: bool) -> Next {
-    let now = Instant::now();
-    let (epoch, (gap, frames)) =
-        shard.engine(|e| (e.poll_epoch(conn.id), e.take_poll(conn.id, now)));
-    let keep = keep && !shard.is_closing() && !conn.peer_done.get();
-    let Some(epoch) = epoch else {
-        // Ended before the topic's owner answered (it is overloaded, or
-        // the client left): there is no epoch to name, and a guessed one
-        // could make the client drop its place. It polls again.
-        let msg = "the subscription was not made in time; poll again";
-        return json_error(shard, conn, keep, ErrorCode::Overloaded, msg);
-    };
-    let body = reply::poll_body(gap, &frames, shard.config.outbox_size);
-    // The epoch tells a polling client whether `since` still meant this
-    // topic's stream (see docs/protocol.md, Epoch).
-    respond_with(
-        shard,
-        conn,
-        keep,
-        200,
-        "application/json",
-        &[(EPOCH_HEADER, &epoch)],
-        &body,
-    )
-}
-
-/// Subscribes an SSE or long-poll connection; true once the engine has
-/// answered (false if the connection went first).
-async fn subscribe(shard: &Shard, conn: &Conn, topic: &str, since: Option<u64>) -> bool {
-    let now = Instant::now();
-    let mut flow = shard.engine(|e| e.subscribe(conn.id, topic, since, now));
-    while flow == Flow::Wait {
-        conn.resume.notified().await;
-        flow = if shard.engine(|e| e.is_waiting(conn.id)) {
-            Flow::Wait
-        } else {
-            Flow::Continue
+            BodyFraming::Length(len) => Framing::Length(len as usize),
+            BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(max)),
         };
-    }
-    true
-}
-
-/// `GET /sse/{topic}?since=N` (or `Last-Event-ID: N`): a Server-Sent Events
-/// stream, one event per message with `id:` = seq, heartbeats as comments.
-pub(super) async fn sse(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    req: &Request,
-    topic: &str,
-    buf: &mut BytesMut,
-) -> Next {
-    if let Err(e) = topic::validate(topic) {
-        return json_error(shard, conn, false, ErrorCode::BadTopic, e.message());
-    }
-    let last_event_id = req.header("last-event-id").map(|v| {
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    });
-    let since = match (query_u64(req.query(), "since"), last_event_id) {
-        (Err(e), _) => return json_error(shard, conn, false, ErrorCode::BadRequest, &e),
-        (_, Some(None)) => {
-            return json_error(
-                shard,
-                conn,
-                false,
-                ErrorCode::BadRequest,
-                "Last-Event-ID must be a seq",
-            )
+        // A client that sent `Expect: 100-continue` waits for this before
+        // it sends the body (curl does for a second, then sends it
+        // anyway): only once the request is known to be acceptable, and
+        // only if the body has not begun to arrive.
+        let waiting = match &framing {
+            Framing::Length(len) => buf.len() < *len,
+            Framing::Chunked(_) => buf.is_empty(),
+        };
+        let Some(c) = self.conn(id) else { return };
+        let session = c.session;
+        c.phase = Phase::Body(Box::new(Body {
+            topic,
+            keep,
+            bearer: crate::runtime::access::bearer(req),
+            framing,
+            data: BytesMut::new(),
+        }));
+        if waiting && req.expects_continue() {
+            if let Some(o) = self.engine.outbox(session) {
+                let _ = o.push_response(Bytes::from_static(CONTINUE));
+            }
+            self.flush(ops, id);
         }
-        // The header is what a reconnecting EventSource sends: it wins.
-        (_, Some(Some(id))) => Some(id),
-        (Ok(s), None) => s,
-    };
-    // Refusals are HTTP answers, before the stream begins.
-    if let Err(next) = admit(shard, conn, req, false) {
-        return next;
     }
-    if let Err((code, msg)) = shard.engine(|e| e.check_subscribe(conn.id, topic)) {
-        return json_error(shard, conn, false, code, &msg);
+
+    /// Takes body bytes from `buf`; true once the body is complete (and
+    /// the publish under way), false if more must arrive.
+    pub(super) fn feed_body(&mut self, ops: &mut Ops<'_>, id: ConnId, buf: &mut BytesMut) -> bool {
+        let Some(c) = self.conn(id) else { return false };
+        let Phase::Body(body) = &mut c.phase else {
+            return false;
+        };
+        let done = match &mut body.framing {
+            Framing::Length(left) => {
+                let n = (*left).min(buf.len());
+                body.data.extend_from_slice(&buf[..n]);
+                buf.advance(n);
+                *left -= n;
+                *left == 0
+            }
+            Framing::Chunked(decoder) => match decoder.decode(buf, &mut body.data) {
+                Ok(n) => {
+                    buf.advance(n);
+                    decoder.is_done()
+                }
+                Err(e) => {
+                    self.reject(ops, id, e);
+                    buf.clear();
+                    return false;
+                }
+            },
+        };
+        if !done {
+            return false;
+        }
+        let phase = std::mem::replace(&mut c.phase, Phase::Closing);
+        let Phase::Body(body) = phase else {
+            unreachable!("matched above")
+        };
+        self.publish(ops, id, *body);
+        true
     }
-    shard.set_transport(conn, Transport::Sse);
-    shard.set_kind(conn, Kind::Sse);
-    let cors = match conn.cors.borrow_mut().take() {
-        Some(o) => format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n"),
-        None => String::new(),
-    };
-    let head = Bytes::from(format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {}\r\n{cors}Connection: close\r\n\r\n",
-        shard.shared.epoch()
-    ));
-    shard.outbox(conn, |o| o.push_response(head));
-    conn.phase.set(Phase::Stream);
-    conn.deadline.set(None);
-    conn.last_rx.set(Instant::now());
-    subscribe(shard, conn, topic, since).await;
-    if let Some(code) = shard.engine(|e| e.take_refusal(conn.id)) {
+
+    fn publish(&mut self, ops: &mut Ops<'_>, id: ConnId, body: Body) {
+        let Body {
+            topic,
+            keep,
+            bearer,
+            data,
+            ..
+        } = body;
+        let data = data.freeze();
+        if let Err(e) = topic::validate(&topic) {
+            return self.json_error(ops, id, keep, ErrorCode::BadTopic, e.message());
+        }
+        if !command::validate_data(&data) {
+            let msg = "body is not a single JSON value";
+            return self.json_error(ops, id, keep, ErrorCode::BadJson, msg);
+        }
+        let max_depth = self.config.max_json_depth;
+        if command::json_depth(&data) > max_depth {
+            let msg = command::too_deep(max_depth);
+            return self.json_error(ops, id, keep, ErrorCode::BadJson, &msg);
+        }
+        // An API key or a token (none needed under --auth none without keys).
+        let grant = match self.shared.policy().http_publisher(bearer.as_deref()) {
+            Ok(g) => g,
+            Err(d) => {
+                if !matches!(d, Denied::Forbidden(_)) {
+                    self.engine.count_auth_failure();
+                }
+                let (code, msg) = match d {
+                    Denied::Forbidden(m) => (ErrorCode::Forbidden, m),
+                    Denied::Unauthorized(m) => (ErrorCode::Unauthorized, m),
+                    _ => (ErrorCode::Forbidden, "refused".into()),
+                };
+                return self.json_error(ops, id, keep, code, &msg);
+            }
+        };
+        // Waiting before the engine is asked: a local owner answers at once
+        // (`Output::Published`, carried out below).
+        let token = self.publishes.insert(id);
+        if let Some(c) = self.conn(id) {
+            c.phase = Phase::Waiting(Wait::Publish { keep });
+        }
+        let result =
+            self.engine
+                .publish_as(&grant, &topic, data, Some(token as u64), Instant::now());
+        match result {
+            Ok(()) => self.run_outputs(ops),
+            Err((code, wait)) => {
+                self.publishes.remove(token);
+                let msg = match wait {
+                    Some(_) => "too many publishes; retry later",
+                    None => refusal(code),
+                };
+                self.json_error_after(ops, id, keep, code, msg, wait);
+            }
+        }
+    }
+
+    /// A publish's seq (or why it got none) is known.
+    pub(super) fn published(
+        &mut self,
+        ops: &mut Ops<'_>,
+        id: ConnId,
+        result: Result<u64, ErrorCode>,
+    ) {
+        let closing = self.closing;
+        let Some(c) = self.conn(id) else { return };
+        let Phase::Waiting(Wait::Publish { keep }) = c.phase else {
+            return;
+        };
+        // Once shutting down, this response is the connection's last.
+        let keep = keep && !closing;
+        match result {
+            Ok(seq) => {
+                let body = format!("{{\"seq\":{seq}}}");
+                self.respond(ops, id, keep, 200, "application/json", body.as_bytes())
+            }
+            Err(code) => self.json_error(ops, id, keep, code, refusal(code)),
+        }
+        self.feed_stash(ops, id);
+    }
+
+    /// `GET /poll/{topic}?since=N&timeout_ms=T`: every retained message
+    /// with `seq > N` at once, or the request is held until one arrives or
+    /// `T` ms pass (`200 []`). A held request costs its record, no timer:
+    /// the shard's heap of hold ends.
+    pub(super) fn poll(
+        &mut self,
+        ops: &mut Ops<'_>,
+        id: ConnId,
+        req: &Request,
+        topic: &str,
+        keep: bool,
+    ) {
+        if let Err(e) = topic::validate(topic) {
+            return self.json_error(ops, id, keep, ErrorCode::BadTopic, e.message());
+        }
+        let max = self.config.max_poll_timeout;
+        let (since, timeout_ms) = match (
+            query_u64(req.query(), "since"),
+            query_u64(req.query(), "timeout_ms"),
+        ) {
+            (Ok(s), Ok(t)) => (
+                s.unwrap_or(0),
+                t.unwrap_or(30_000.min(max.as_millis() as u64)),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.json_error(ops, id, keep, ErrorCode::BadRequest, &e)
+            }
+        };
+        let hold = Duration::from_millis(timeout_ms);
+        if hold > max {
+            let msg = format!("timeout_ms must be at most {}", max.as_millis());
+            return self.json_error(ops, id, keep, ErrorCode::BadRequest, &msg);
+        }
+        if timeout_ms > 0 && self.metrics().polls_held.get() >= self.config.max_polls as i64 {
+            let text = "text/plain; charset=utf-8";
+            return self.respond(ops, id, false, 503, text, b"too many held polls\n");
+        }
+        if !self.admit(ops, id, req, keep) {
+            return;
+        }
+        let Some(c) = self.conn(id) else { return };
+        let session = c.session;
+        // The request is in; holding it is bounded by `timeout_ms` (at
+        // most --max-poll-timeout), not by the request deadline.
+        c.deadline = None;
+        c.phase = Phase::Waiting(Wait::Subscribe { keep, hold });
+        self.engine.set_transport(session, Transport::Poll);
+        let flow = self
+            .engine
+            .subscribe(session, topic, Some(since), Instant::now());
+        if flow == Flow::Continue {
+            self.poll_subscribed(ops, id, keep, hold);
+        }
+        self.run_outputs(ops);
+    }
+
+    /// A poll's subscription is answered: refused, answered at once, or
+    /// held.
+    pub(super) fn poll_subscribed(
+        &mut self,
+        ops: &mut Ops<'_>,
+        id: ConnId,
+        keep: bool,
+        hold: Duration,
+    ) {
+        let closing = self.closing;
+        let Some(session) = self.conn(id).map(|c| c.session) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(code) = self.engine.take_refusal(session) {
+            self.engine.take_poll(session, now);
+            self.json_error(ops, id, keep, code, refusal(code));
+            return self.feed_stash(ops, id);
+        }
+        if self.engine.poll_ready(session) || hold.is_zero() || closing {
+            return self.answer_poll(ops, id);
+        }
+        self.metrics().polls_held.inc();
+        let until = now + hold;
+        if let Some(c) = self.conn(id) {
+            c.phase = Phase::Waiting(Wait::Held { keep, until });
+        }
+        self.holds
+            .push(Reverse((until, id.slot(), id.generation())));
+    }
+
+    /// A held poll has something to answer with.
+    pub(super) fn poll_ready(&mut self, ops: &mut Ops<'_>, id: ConnId) {
+        let held = self
+            .conn(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Waiting(Wait::Held { .. })));
+        if held {
+            self.answer_poll(ops, id);
+        }
+    }
+
+    /// Answers a poll with what was collected (capped at the outbox size).
+    pub(super) fn answer_poll(&mut self, ops: &mut Ops<'_>, id: ConnId) {
+        let closing = self.closing;
+        let Some(c) = self.conn(id) else { return };
+        let session = c.session;
+        let keep = match c.phase {
+            Phase::Waiting(Wait::Held { keep, .. }) => {
+                self.metrics().polls_held.dec();
+                keep
+            }
+            Phase::Waiting(Wait::Subscribe { keep, .. }) => keep,
+            _ => return,
+        };
+        let keep = keep && !closing;
+        let now = Instant::now();
+        let epoch = self.engine.poll_epoch(session);
+        let (gap, frames) = self.engine.take_poll(session, now);
+        match epoch {
+            // Ended before the topic's owner answered (it is overloaded):
+            // there is no epoch to name, and a guessed one could make the
+            // client drop its place. It polls again.
+            None => {
+                let msg = "the subscription was not made in time; poll again";
+                self.json_error(ops, id, keep, ErrorCode::Overloaded, msg)
+            }
+            // The epoch tells a polling client whether `since` still meant
+            // this topic's stream (see docs/protocol.md, Epoch).
+            Some(epoch) => {
+                let body = reply::poll_body(gap, &frames, self.config.outbox_size);
+                self.respond_with(
+                    ops,
+                    id,
+                    keep,
+                    200,
+                    "application/json",
+                    &[(EPOCH_HEADER, &epoch)],
+                    &body,
+                )
+            }
+        }
+        self.feed_stash(ops, id);
+    }
+
+    /// `GET /sse/{topic}?since=N` (or `Last-Event-ID: N`): a Server-Sent
+    /// Events stream, one event per message with `id:` = seq, heartbeats
+    /// as comments (from the sweep).
+    pub(super) fn sse(&mut self, ops: &mut Ops<'_>, id: ConnId, req: &Request, topic: &str) {
+        if let Err(e) = topic::validate(topic) {
+            return self.json_error(ops, id, false, ErrorCode::BadTopic, e.message());
+        }
+        let last_event_id = req.header("last-event-id").map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        let since = match (query_u64(req.query(), "since"), last_event_id) {
+            (Err(e), _) => return self.json_error(ops, id, false, ErrorCode::BadRequest, &e),
+            (_, Some(None)) => {
+                let msg = "Last-Event-ID must be a seq";
+                return self.json_error(ops, id, false, ErrorCode::BadRequest, msg);
+            }
+            // The header is what a reconnecting EventSource sends: it wins.
+            (_, Some(Some(id))) => Some(id),
+            (Ok(s), None) => s,
+        };
+        // Refusals are HTTP answers, before the stream begins.
+        if !self.admit(ops, id, req, false) {
+            return;
+        }
+        let Some(session) = self.conn(id).map(|c| c.session) else {
+            return;
+        };
+        if let Err((code, msg)) = self.engine.check_subscribe(session, topic) {
+            return self.json_error(ops, id, false, code, &msg);
+        }
+        self.engine.set_transport(session, Transport::Sse);
+        self.set_kind(id, Kind::Sse);
+        let shared = self.shared.clone();
+        let epoch = shared.epoch();
+        let Some(c) = self.conn(id) else { return };
+        let cors = match c.cors.take() {
+            Some(o) => format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n"),
+            None => String::new(),
+        };
+        let head = Bytes::from(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+             X-Accel-Buffering: no\r\n{EPOCH_HEADER}: {epoch}\r\n{cors}Connection: close\r\n\r\n",
+        ));
+        c.phase = Phase::Stream;
+        c.deadline = None;
+        c.last_rx = Instant::now();
+        c.stash = None;
+        if let Some(o) = self.engine.outbox(session) {
+            let _ = o.push_response(head);
+        }
+        let flow = self.engine.subscribe(session, topic, since, Instant::now());
+        if flow == Flow::Continue {
+            self.sse_subscribed(ops, id);
+        }
+        self.run_outputs(ops);
+        self.flush(ops, id);
+    }
+
+    /// An SSE stream's subscription is answered: a refusal is its one
+    /// event (`event: error`), then it ends.
+    pub(super) fn sse_subscribed(&mut self, ops: &mut Ops<'_>, id: ConnId) {
+        let Some(session) = self.conn(id).map(|c| c.session) else {
+            return;
+        };
+        let Some(code) = self.engine.take_refusal(session) else {
+            return;
+        };
         let frame = reply::error(code, refusal(code), &None);
         let mut event = BytesMut::from(&b"event: error\ndata: "[..]);
         event.extend_from_slice(&reply::message_json(&frame));
         event.extend_from_slice(b"\n\n");
-        shard.outbox(conn, |o| o.push_response(event.freeze()));
-        conn.finish(shard, Instant::now() + shard.config.close_timeout);
-        return Next::Close;
+        if let Some(o) = self.engine.outbox(session) {
+            let _ = o.push_response(event.freeze());
+        }
+        self.finish(ops, id);
     }
-    // An SSE client sends nothing more; read (and discard) until it goes.
-    loop {
-        buf.clear();
-        if !read_more(shard, conn, buf, IDLE_READ).await {
-            shard.outbox(conn, Outbox::close);
-            return Next::Gone;
+}
+
+/// The text of an HTTP endpoint's refusal (publish, poll, SSE), by code.
+fn refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Overloaded => "the broker is overloaded; retry later",
+        ErrorCode::Unavailable => "the cluster backend (Redis) is unavailable; retry later",
+        ErrorCode::Limit => "too many topics",
+        ErrorCode::Forbidden => "the credentials do not allow this topic",
+        ErrorCode::Unauthorized => "credentials are needed for this topic",
+        _ => "refused",
+    }
+}
+
+/// Parses `since` and `timeout_ms` from a query string. Unknown keys are
+/// ignored; a known key with a bad value is an error naming it.
+fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{key} must be a non-negative integer"));
         }
     }
+    Ok(None)
 }

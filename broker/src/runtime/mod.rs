@@ -1,36 +1,33 @@
-//! The runtime: the only module that knows about `tokio-uring`.
+//! The runtime: the only code that touches sockets, threads, rings and
+//! clocks.
 //!
-//! [`start`] binds one SO_REUSEPORT listener per shard, starts one OS
-//! thread per shard running its own io_uring event loop, and returns once
-//! every shard accepts. [`Server::shutdown`] stops accepting, sends close
-//! 1001 to every WebSocket and waits a bounded time.
+//! [`start`] binds one SO_REUSEPORT listener per shard ([`listener`]),
+//! starts one OS thread per shard running its own completion loop
+//! ([`shard`], on [`crate::uring`]) and, with `--redis`, the Redis thread,
+//! and returns once every shard accepts. [`Server::shutdown`] stops
+//! accepting, sends close 1001 to every WebSocket, lets owed answers go
+//! out and waits a bounded time.
 //!
-//! The rules tokio-uring imposes (see `docs/architecture.md`), and where
-//! they live:
-//! 1. No in-flight read, write or accept future is ever dropped: each
-//!    connection's reader ([`conn`]) and writer ([`writer`]) and each
-//!    shard's acceptor run to completion; timeouts and shutdown act through
-//!    `shutdown()` on the socket from the shard's sweeper ([`shard`]).
-//! 2. One writer task per connection drains a bounded queue of `Bytes`
-//!    with `writev`, resubmitting partial writes.
-//! 3. Listeners are built with socket2 ([`listener`]).
-//! 4. `Bytes` is the I/O buffer type, so one encoded frame can be queued
-//!    for many sockets.
+//! A shard's connections are records in its loop's table, driven by
+//! completions through [`serve`] (the loop's handler), which reads HTTP
+//! ([`http`]), the HTTP pub/sub endpoints ([`endpoints`]) and WebSockets
+//! ([`ws`]) and feeds the shard's engine. The rules the loop keeps are in
+//! `docs/architecture.md`, section "The completion loop".
 
 pub mod access;
 pub mod client_ip;
-pub mod conn;
-pub mod demo;
-pub mod endpoints;
+mod endpoints;
+mod http;
 pub mod listener;
 pub mod mesh;
 pub mod route;
+mod serve;
 pub mod shard;
-pub mod writer;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
@@ -115,7 +112,7 @@ pub struct Server {
     epoch: String,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
-    /// `--runtime uring`: wakes each shard's loop to see the shutdown at once.
+    /// Wakes each shard's loop to see the shutdown at once.
     wakers: Vec<crate::uring::Waker>,
 }
 
@@ -210,90 +207,20 @@ pub fn start(config: Config) -> Result<Server, Error> {
         .map_err(Error::Config)?;
         threads.push(thread);
     }
-    if config.runtime == crate::config::Runtime::Uring {
-        let started = crate::loop_runtime::start(listeners, config, shared.clone(), inboxes, rx);
-        let (shards, wakers) = match started {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(true);
-                return Err(Error::Io(std::io::Error::other(e)));
-            }
-        };
-        threads.extend(shards);
-        return Ok(Server {
-            addr,
-            policy,
-            epoch: shared.epoch.clone(),
-            shutdown: tx,
-            threads,
-            wakers,
-        });
-    }
-    let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
-    for (id, l) in listeners.into_iter().enumerate() {
-        let (config, shared, rx, started) = (
-            config.clone(),
-            shared.clone(),
-            rx.clone(),
-            started_tx.clone(),
-        );
-        let inboxes = inboxes.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("shard-{id}"))
-            .spawn(move || {
-                if config.pin_cores {
-                    pin_to_core(id);
-                }
-                let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024));
-                let rt = match rt {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ =
-                            started.send(Err(format!("shard {id}: io_uring setup failed: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let _ = started.send(Ok(()));
-                    shard::run(id, l, config, shared, inboxes, rx).await
-                });
-            })?;
-        threads.push(thread);
-    }
-    drop(started_tx);
-    for _ in 0..config.shards {
-        match started_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = tx.send(true);
-                return Err(Error::Io(std::io::Error::other(e)));
-            }
-            Err(_) => {
-                let _ = tx.send(true);
-                return Err(Error::Io(std::io::Error::other(
-                    "a shard thread died at start-up",
-                )));
-            }
-        }
-    }
-    // The shards count themselves ready once their acceptor is spawned
-    // (microseconds). A shard thread that ends first would never count:
-    // that is a start-up failure, not a reason to wait forever.
-    while !shared.all_ready() {
-        if threads.iter().any(|t| t.is_finished()) {
+    let (shards, wakers) = match shard::start(listeners, config, shared.clone(), inboxes, rx) {
+        Ok(s) => s,
+        Err(e) => {
             let _ = tx.send(true);
-            return Err(Error::Io(std::io::Error::other(
-                "a shard stopped before it was accepting",
-            )));
+            return Err(Error::Io(std::io::Error::other(e)));
         }
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    };
+    threads.extend(shards);
     Ok(Server {
         addr,
         policy,
         epoch: shared.epoch.clone(),
         shutdown: tx,
         threads,
-        wakers: Vec::new(),
+        wakers,
     })
 }

@@ -12,7 +12,7 @@ use ringcast_core::wire::command::ErrorCode;
 use ringcast_core::wire::reply;
 use ringcast_core::Transport;
 use ringcast_proto::close::CloseCode;
-use ringcast_proto::frame::OpCode;
+use ringcast_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use ringcast_proto::handshake;
 use ringcast_proto::http::Request;
 use ringcast_proto::websocket::{Event, Role, WebSocket};
@@ -242,7 +242,7 @@ impl Serve {
             self.start_close(ops, id, CloseCode::POLICY, "not reading");
             return;
         }
-        let (head, rest) = crate::runtime::conn::data_frame(opcode, payload);
+        let (head, rest) = data_frame(opcode, payload);
         if let Some(o) = self.engine.outbox(session) {
             let _ = o.push_response(head);
             if let Some(rest) = rest {
@@ -260,4 +260,30 @@ fn may_command(
     session: ringcast_core::ConnId,
 ) -> bool {
     !engine.is_waiting(session) && engine.outbox(session).is_none_or(|o| o.can_take_command())
+}
+
+/// Payloads up to this size are copied behind their header into one
+/// buffer; larger ones are sent as header + the original `Bytes`.
+const COPY_THRESHOLD: usize = 16 * 1024;
+
+/// Frames a server-role data message. Small payloads are copied behind the
+/// header; large ones keep their buffer and only the header is new.
+pub(crate) fn data_frame(opcode: OpCode, payload: Bytes) -> (Bytes, Option<Bytes>) {
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        payload_len: payload.len() as u64,
+    };
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut h);
+    if payload.len() <= COPY_THRESHOLD {
+        let mut out = BytesMut::with_capacity(n + payload.len());
+        out.extend_from_slice(&h[..n]);
+        out.extend_from_slice(&payload);
+        (out.freeze(), None)
+    } else {
+        (Bytes::copy_from_slice(&h[..n]), Some(payload))
+    }
 }
