@@ -20,6 +20,7 @@ pub mod pattern;
 pub mod route;
 pub mod session;
 pub mod stats;
+mod table;
 pub mod topic;
 pub mod units;
 pub mod wire;

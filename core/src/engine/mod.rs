@@ -52,6 +52,7 @@ use crate::owner::Owner;
 use crate::route::{Ack, Msg, Placement, Route, ShardId, Snapshot};
 use crate::session::{ConnId, Owed, Session, Sub, SubState, Transport};
 use crate::stats::Stats;
+use crate::table::ChunkSlab;
 use crate::wire::command::{self, Command, ErrorCode, Id};
 use crate::wire::reply;
 
@@ -137,7 +138,8 @@ pub struct Engine<R> {
     backend: Option<ShardId>,
     mirrors: crate::mirror::Mirrors,
     local: HashMap<Arc<str>, Local, RandomState>,
-    sessions: Slab<Session>,
+    /// Grown by chunks, never copied (see `table`).
+    sessions: ChunkSlab<Session>,
     next_gen: u32,
     pending: Slab<Pending>,
     /// Messages this shard sent itself, handled in order before any entry
@@ -173,7 +175,7 @@ impl<R: Route> Engine<R> {
             backend: None,
             mirrors: Default::default(),
             local: HashMap::default(),
-            sessions: Slab::new(),
+            sessions: ChunkSlab::new(),
             next_gen: 0,
             pending: Slab::new(),
             inbox: VecDeque::new(),
@@ -829,7 +831,7 @@ impl<R: Route> Engine<R> {
     }
 }
 /// A connection's session in `sessions`, if it is still that connection.
-fn session_in(sessions: &Slab<Session>, conn: ConnId) -> Option<&Session> {
+fn session_in(sessions: &ChunkSlab<Session>, conn: ConnId) -> Option<&Session> {
     sessions
         .get(conn.idx as usize)
         .filter(|s| s.gen == conn.gen)
