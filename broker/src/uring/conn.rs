@@ -32,7 +32,7 @@ impl ConnId {
 pub(crate) mod flag {
     /// The multishot recv is armed.
     pub(crate) const RECV: u16 = 1 << 0;
-    /// The sendmsg is in flight.
+    /// The send is in flight.
     pub(crate) const SENDING: u16 = 1 << 1;
     /// In the loop's list of connections to flush.
     pub(crate) const DIRTY: u16 = 1 << 2;
@@ -93,12 +93,23 @@ impl Conn {
     }
 }
 
-/// The most buffers one sendmsg carries; the rest wait for the next.
+/// The most buffers one send carries; the rest wait for the next.
 pub(crate) const MAX_IOV: usize = 64;
 
-/// A connection's send queue and the sendmsg over its head.
+/// What [`Outgoing::prepare`] points the kernel at.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// One buffer (the usual fan-out case: one frame queued since the last
+    /// send): a plain `send`, which copies no msghdr and imports no iovec
+    /// array from user memory.
+    One(*const u8, u32),
+    /// Several: a `sendmsg` gathering them.
+    Many(*const libc::msghdr),
+}
+
+/// A connection's send queue and the send over its head.
 ///
-/// `bufs[..in_flight]` are what the sendmsg in flight points at; they are
+/// `bufs[..in_flight]` are what the send in flight points at; they are
 /// neither dropped nor advanced until its completion. Anything queued
 /// meanwhile is pushed behind them: moving a `Bytes` (when the Vec grows)
 /// does not move the bytes it points at, so the iovecs stay valid.
@@ -120,13 +131,25 @@ impl Outgoing {
         })
     }
 
-    /// Points the msghdr at the first (up to) [`MAX_IOV`] queued buffers
-    /// and returns it for a sendmsg. The Box must not be dropped, nor those
-    /// buffers touched, until [`Outgoing::complete`].
-    pub(crate) fn prepare(&mut self) -> *const libc::msghdr {
+    /// Points the kernel at the first (up to) [`MAX_IOV`] queued buffers:
+    /// the one buffer itself for a `send`, or the msghdr for a `sendmsg`.
+    /// The Box must not be dropped, nor those buffers touched, until
+    /// [`Outgoing::complete`].
+    pub(crate) fn prepare(&mut self) -> Prepared {
         debug_assert_eq!(self.in_flight, 0);
         self.in_flight = self.bufs.len().min(MAX_IOV);
         self.iov.clear();
+        if self.in_flight == 1 {
+            // A send's length is 32 bits; a longer buffer goes out in
+            // parts, as after any partial send.
+            let b = &self.bufs[0];
+            let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+            self.iov.push(libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: len as usize,
+            });
+            return Prepared::One(b.as_ptr(), len);
+        }
         self.iov
             .extend(self.bufs[..self.in_flight].iter().map(|b| libc::iovec {
                 iov_base: b.as_ptr() as *mut libc::c_void,
@@ -134,15 +157,15 @@ impl Outgoing {
             }));
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
-        &self.msg
+        Prepared::Many(&self.msg)
     }
 
-    /// Bytes the sendmsg in flight offers.
+    /// Bytes the send in flight offers.
     pub(crate) fn in_flight_len(&self) -> usize {
         self.iov.iter().map(|v| v.iov_len).sum()
     }
 
-    /// The sendmsg wrote `n` bytes: drop what went out, keep the rest of a
+    /// The send wrote `n` bytes: drop what went out, keep the rest of a
     /// partly written buffer (a cheap `Bytes` advance, no copy).
     pub(crate) fn complete(&mut self, mut n: usize) {
         let mut done = 0;
@@ -193,7 +216,7 @@ mod tests {
         out.bufs.push(Bytes::from_static(b"hello "));
         out.bufs.push(Bytes::from_static(b"big "));
         out.bufs.push(Bytes::from_static(b"world"));
-        out.prepare();
+        assert!(matches!(out.prepare(), Prepared::Many(_)));
         assert_eq!(out.in_flight_len(), 15);
         // Queued behind the send in flight.
         out.bufs.push(Bytes::from_static(b"!"));
@@ -213,7 +236,9 @@ mod tests {
         for _ in 0..MAX_IOV + 10 {
             out.bufs.push(frame.clone());
         }
-        let msg = out.prepare();
+        let Prepared::Many(msg) = out.prepare() else {
+            panic!("several buffers go out in a sendmsg");
+        };
         assert_eq!(unsafe { (*msg).msg_iovlen }, MAX_IOV);
         // The iovecs point at the shared bytes themselves: no copy.
         assert!(out
@@ -222,5 +247,24 @@ mod tests {
             .all(|v| v.iov_base as *const u8 == frame.as_ptr()));
         out.complete(MAX_IOV);
         assert_eq!(out.bufs.len(), 10);
+    }
+
+    #[test]
+    fn one_buffer_goes_out_in_a_plain_send_of_its_own_bytes() {
+        let mut out = Outgoing::new();
+        let frame = Bytes::from_static(b"one frame");
+        out.bufs.push(frame.clone());
+        let Prepared::One(ptr, len) = out.prepare() else {
+            panic!("one buffer goes out in a send");
+        };
+        assert_eq!((ptr, len as usize), (frame.as_ptr(), frame.len()));
+        assert_eq!(out.in_flight_len(), frame.len());
+        // Queued behind the send in flight; a partial send keeps the rest.
+        out.bufs.push(Bytes::from_static(b"!"));
+        out.complete(4);
+        let rest: Vec<&[u8]> = out.bufs.iter().map(|b| &b[..]).collect();
+        assert_eq!(rest, [&b"frame"[..], b"!"]);
+        assert!(matches!(out.prepare(), Prepared::Many(_)));
+        assert_eq!(out.in_flight_len(), 6);
     }
 }

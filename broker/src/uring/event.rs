@@ -6,7 +6,7 @@
 //! ([`super::token`]) to the connection it names. Bytes go to the
 //! [`Handler`] straight from the shard's buffer ring and the buffer goes
 //! back at once; sends queued during the turn leave at the start of the
-//! next one, one sendmsg per connection.
+//! next one, one send per connection.
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -18,7 +18,7 @@ use io_uring::{cqueue, opcode, squeue};
 use slab::Slab;
 
 use super::bufring::BufRing;
-use super::conn::{flag, Conn, ConnId, Outgoing};
+use super::conn::{flag, Conn, ConnId, Outgoing, Prepared};
 use super::ring::{self, Ring, RingInfo};
 use super::token::{Kind, Token, GEN_MASK, RING_MSG};
 use super::wake::Waker;
@@ -128,7 +128,7 @@ pub trait Handler {
         let _ = ops;
     }
 
-    /// A sendmsg of `conn` wrote `bytes` (more than zero) of what was
+    /// A send of `conn` wrote `bytes` (more than zero) of what was
     /// queued: the place to account for them (the engine's `written`) and
     /// queue more. Not called once the connection is closing.
     fn on_sent(&mut self, ops: &mut Ops<'_>, conn: ConnId, bytes: usize) {
@@ -159,9 +159,11 @@ pub struct Stats {
     pub throttled: u64,
     /// Recvs armed again after they ended.
     pub rearms: u64,
-    /// Sendmsg operations submitted.
+    /// Send operations submitted (`send` or `sendmsg`).
     pub sends: u64,
-    /// Sendmsgs that wrote less than they offered.
+    /// Of those, the plain `send`s of a single buffer.
+    pub plain_sends: u64,
+    /// Sends that wrote less than they offered.
     pub partial_sends: u64,
     /// Bytes sent.
     pub sent_bytes: u64,
@@ -289,7 +291,7 @@ impl Core {
 
 /// What a handler may do from inside a callback. Sends and closes take
 /// effect when the turn's completions are all dispatched, so that one
-/// sendmsg per connection carries everything queued in the turn.
+/// send per connection carries everything queued in the turn.
 pub struct Ops<'a> {
     core: &'a mut Core,
 }
@@ -429,8 +431,14 @@ impl<H: Handler> Loop<H> {
             ring,
             bufs,
             core: Core {
-                conns: Slab::new(),
-                gens: Vec::new(),
+                // Sized once for every slot the table can hold (32 bytes
+                // and 4 a slot): growing them by doubling while clients
+                // arrive copies the whole table and faults in fresh pages
+                // (with the allocator's huge pages, milliseconds) in the
+                // middle of an accept burst. Untouched capacity costs no
+                // memory.
+                conns: Slab::with_capacity(table as usize),
+                gens: Vec::with_capacity(table as usize),
                 dirty: Vec::new(),
                 spare: Vec::new(),
                 stats: Stats::default(),
@@ -838,7 +846,7 @@ impl<H: Handler> Loop<H> {
                 self.core.stats.partial_sends += 1;
             }
             // The rest, and whatever was queued meanwhile, leaves in one
-            // sendmsg at the start of the next turn.
+            // send at the start of the next turn.
             self.core.mark_dirty(id);
             if written > 0 && !closing {
                 self.handler.on_sent(
@@ -996,7 +1004,7 @@ impl<H: Handler> Loop<H> {
 
     /// Before each wait: arm again the accepts (unless paused) and recvs
     /// that ended, submit
-    /// one sendmsg per connection with something queued and none in
+    /// one send per connection with something queued and none in
     /// flight, and start the closes asked for.
     fn prepare(&mut self) -> Result<(), Error> {
         if !self.accept_paused {
@@ -1056,12 +1064,19 @@ impl<H: Handler> Loop<H> {
             conn.flags |= flag::SENDING;
             conn.ops += 1;
             let out = conn.out.as_mut().expect("pending implies a queue");
-            let msg = out.prepare();
+            let send = match out.prepare() {
+                Prepared::One(buf, len) => {
+                    self.core.stats.plain_sends += 1;
+                    opcode::Send::new(Fixed(file), buf, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                }
+                Prepared::Many(msg) => opcode::SendMsg::new(Fixed(file), msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build(),
+            };
             self.core.stats.sends += 1;
-            let send = opcode::SendMsg::new(Fixed(file), msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(Token::new(Kind::Send, id.slot, id.gen).encode());
+            let send = send.user_data(Token::new(Kind::Send, id.slot, id.gen).encode());
             return self.ring.push(&send);
         }
         let flush_close = conn.has(flag::FLUSH_CLOSE);

@@ -10,7 +10,8 @@
 //! - [`Loop`] (`event.rs`, `conn.rs`, `token.rs`): connections in a slab,
 //!   each a small record driven by completions; multishot accept straight
 //!   into the fixed-file table, multishot recv from the buffer ring, one
-//!   `sendmsg` in flight per connection gathering everything queued.
+//!   send in flight per connection gathering everything queued (a plain
+//!   `send` for one buffer, a `sendmsg` for several).
 //! - [`Waker`] (`wake.rs`): how another thread wakes the loop (an eventfd
 //!   read armed on the ring, or `IORING_OP_MSG_RING` from another ring).
 //!
@@ -32,7 +33,9 @@ use std::io;
 
 pub use conn::ConnId;
 pub(crate) use event::nofile_limit;
-pub use event::{Action, CloseReason, Config, Handler, Loop, Ops, Stats, ADDR_ACCEPTS};
+pub use event::{
+    Action, CloseReason, Config, Handler, Loop, Ops, Stats, ACCEPT_HEADROOM, ADDR_ACCEPTS,
+};
 pub use ring::{Mode, RingInfo, MIN_KERNEL};
 pub use wake::Waker;
 

@@ -118,7 +118,14 @@ impl Ring {
         let kernel = kernel_release();
         for mode in Mode::ALL {
             let mut builder = IoUring::builder();
-            builder.setup_cqsize(cq_entries.max(sq_entries));
+            // SUBMIT_ALL (5.18): an entry whose preparation the kernel
+            // refuses fails alone (its completion says why) instead of
+            // ending the submission there and leaving the entries behind it
+            // in the queue, which `push_chain` would take for a full queue
+            // and stop the loop.
+            builder
+                .setup_cqsize(cq_entries.max(sq_entries))
+                .setup_submit_all();
             match mode {
                 Mode::DeferTaskrun => {
                     builder.setup_single_issuer().setup_defer_taskrun();
@@ -217,9 +224,10 @@ pub(crate) fn transient(e: &io::Error) -> bool {
 }
 
 /// The opcodes the loop submits, each with the first release that has it.
-const OPCODES: [(u8, &str, &str); 8] = [
+const OPCODES: [(u8, &str, &str); 9] = [
     (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT", "5.5"),
     (opcode::RecvMulti::CODE, "IORING_OP_RECV", "5.6"),
+    (opcode::Send::CODE, "IORING_OP_SEND", "5.6"),
     (opcode::SendMsg::CODE, "IORING_OP_SENDMSG", "5.3"),
     (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN", "5.11"),
     (opcode::Close::CODE, "IORING_OP_CLOSE", "5.6"),

@@ -395,6 +395,8 @@ fn a_slow_reader_gets_partial_sends_resubmitted_in_order() {
     let ((), stats) = server.stop();
     assert_eq!(stats.sent_bytes, LEN);
     assert!(stats.partial_sends > 0, "{stats:?}");
+    // Hundreds of chunks queued at once leave in gathering sendmsgs.
+    assert!(stats.plain_sends < stats.sends, "{stats:?}");
 }
 
 /// Sends one frame to every connection when woken.
@@ -470,6 +472,10 @@ fn one_frame_fans_out_to_100_connections_without_a_copy() {
     let ((), stats) = server.stop();
     assert_eq!(shared_ok.load(Ordering::SeqCst), CONNS);
     assert_eq!(stats.sent_bytes, (CONNS * frame.len()) as u64);
+    // One buffer queued per connection (and its rest after a partial
+    // send): every send is a plain `send`, none a `sendmsg`.
+    assert!(stats.sends >= CONNS as u64, "{stats:?}");
+    assert_eq!(stats.plain_sends, stats.sends, "{stats:?}");
 }
 
 /// What `Events` saw: "open" or "close", the connection, why it closed.

@@ -14,7 +14,7 @@ pub(crate) enum Kind {
     Accept = 1,
     /// Multishot recv.
     Recv = 2,
-    /// The connection's one sendmsg.
+    /// The connection's one send (`send` or `sendmsg`).
     Send = 3,
     /// Cancelling the connection's recv (burst cap).
     Cancel = 4,
