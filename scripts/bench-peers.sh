@@ -12,10 +12,13 @@
 # target/release meanwhile. Nothing is built unless BUILD=1 (below); the
 # uWebSockets peer is never built here (bench/peers/README.md).
 #
-# Scenarios (SCENARIOS, default "conns a200 b2000"), 64-byte data:
+# Scenarios (SCENARIOS, default "conns browser a200 b2000"), 64-byte data:
 #   conns  CONNS idle connections, each subscribed to one of 100 topics:
 #          server RSS per connection, handshakes/s and the p99 handshake
 #          (TCP connect + upgrade) time
+#   browser  BROWSER_CONNS [5000] idle subscribed connections whose
+#          upgrade requests carry 1,700 bytes of browser headers (User-Agent,
+#          Cookie, ...: loadgen --upgrade-header-bytes 1700)
 #   a200   fanout, 1 topic x SUBS subscribers, 200 publishes/s
 #   b2000  fanout, 100 topics x SUBS/100 subscribers, 2,000 publishes/s
 # Fixed publish rates, so that neither side is saturated; latency is
@@ -25,7 +28,7 @@
 # Environment (defaults in brackets):
 #   UWS_PEER, TUNGSTENITE_PEER  the peers' binaries (required for the
 #                   servers that use them)
-#   SERVERS ["ringcast uws tungstenite"]  SCENARIOS ["conns a200 b2000"]
+#   SERVERS ["ringcast uws tungstenite"]  SCENARIOS ["conns browser a200 b2000"]
 #   CONNS [10000]   (a process may hold at most `ulimit -Hn` descriptors)
 #   SUBS [1000]     fan-out subscribers     DURATION [15s]  publishing time
 #   REPEATS [1]     rounds; the server order alternates between rounds
@@ -68,8 +71,9 @@ LOADGEN=${2:-${LOADGEN:-$(dirname "$RINGCAST")/ringcast-loadgen}}
 UWS_PEER=${UWS_PEER:-}
 TUNGSTENITE_PEER=${TUNGSTENITE_PEER:-}
 SERVERS=${SERVERS:-"ringcast uws tungstenite"}
-SCENARIOS=${SCENARIOS:-"conns a200 b2000"}
+SCENARIOS=${SCENARIOS:-"conns browser a200 b2000"}
 CONNS=${CONNS:-10000}
+BROWSER_CONNS=${BROWSER_CONNS:-5000}
 SUBS=${SUBS:-1000}
 DURATION=${DURATION:-15s}
 REPEATS=${REPEATS:-1}
@@ -96,14 +100,14 @@ for s in $SERVERS; do
   [ -n "$b" ] && [ -x "$b" ] || { echo "$s: not an executable file: '$b' (see the header: $0 --help)" >&2; exit 2; }
 done
 for sc in $SCENARIOS; do
-  case $sc in conns | a200 | b2000) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
+  case $sc in conns | browser | a200 | b2000) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
 done
 [ -x "$LOADGEN" ] || { echo "not an executable file: $LOADGEN" >&2; exit 2; }
 for tool in taskset curl python3 timeout; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
 done
 [ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "PERF=1 needs perf" >&2; exit 2; }
-export OUT CONNS SUBS DURATION
+export OUT CONNS SUBS DURATION BROWSER_CONNS
 
 mkdir -p "$OUT"
 : >"$OUT/results.jsonl"
@@ -173,6 +177,7 @@ scenario_args() {
   local fan=(--transport ws --publish-via ws fanout --duration "$DURATION" --payload 64 --drain 5s)
   case $1 in
   conns) sc_args=(--transport ws conns --conns "$CONNS" --topics 100 --settle 2s) ;;
+  browser) sc_args=(--transport ws --upgrade-header-bytes 1700 conns --conns "$BROWSER_CONNS" --topics 100 --settle 2s) ;;
   a200) sc_args=("${fan[@]}" --subs "$SUBS" --topics 1 --rate 200) ;;
   b2000) sc_args=("${fan[@]}" --subs "$SUBS" --topics 100 --rate 2000) ;;
   esac
@@ -306,6 +311,7 @@ runs = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.str
 servers = list(dict.fromkeys(r["server"] for r in runs))
 label = {"ringcast": "ringcast", "uws": "uWebSockets", "tungstenite": "tokio-tungstenite"}
 subs, conns = int(os.environ["SUBS"]), int(os.environ["CONNS"])
+browser = int(os.environ["BROWSER_CONNS"])
 
 def values(srv, sc, f):
     vs = []
@@ -333,6 +339,11 @@ def cell(srv, sc, parts):
 
 rows = [
     (f"RSS per idle subscribed connection ({conns:,})", "conns",
+     [(lambda r: r["broker_rss_delta_per_conn_kib"], "{:.2f} KiB")]),
+    ("kernel: socket buffers held per connection / machine slab growth per connection", "conns",
+     [(lambda r: r["broker_sockets"]["held_bytes"] / r["broker_sockets"]["sockets"], "{:.0f} B"),
+      (lambda r: r["host_slab_delta_per_conn_kib"], "{:.2f} KiB")]),
+    (f"RSS per idle subscribed connection, 1.7 KiB browser headers ({browser:,})", "browser",
      [(lambda r: r["broker_rss_delta_per_conn_kib"], "{:.2f} KiB")]),
     ("handshakes/s / p99 handshake", "conns",
      [(lambda r: r["handshakes_per_s"] / 1000, "{:.1f}k"), (lambda r: r["handshake"]["p99_us"] / 1000, "{:.1f} ms")]),
@@ -363,7 +374,7 @@ for r in runs:
     rep = r.get("report") or {}
     if "error" in r:
         res = "FAILED: " + r["error"][:150].replace("|", "/")
-    elif r["scenario"] == "conns":
+    elif r["scenario"] in ("conns", "browser"):
         res = f"{rep['conns']:,} connections opened in {rep['open_s']:.2f} s"
     else:
         t = rep["totals"]

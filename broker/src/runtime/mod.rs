@@ -23,6 +23,7 @@ pub mod mesh;
 pub mod route;
 mod serve;
 pub mod shard;
+mod table;
 mod ws;
 
 use std::net::SocketAddr;
