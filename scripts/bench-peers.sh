@@ -242,7 +242,7 @@ if rc != "0" or r is None:
     rec["error"] = (f"exit {rc}: " if rc else "") + msg[0]
 elif alive != "1":
     rec["error"] = "the server died during the run (see its log)"
-elif sc != "conns":
+elif sc not in ("conns", "browser"):
     t = r["totals"]
     if t["lost"] or t["duplicated"] or t["out_of_order"] or t["unexpected"] or t["delivered"] != t["expected"]:
         rec["error"] = (f"not perfect: {t['delivered']}/{t['expected']} delivered, "
@@ -252,7 +252,7 @@ with open(os.path.join(out, "results.jsonl"), "a") as f:
 line = f"   {name}: "
 if "error" in rec:
     line += "FAILED " + rec["error"][:200]
-elif sc == "conns":
+elif sc in ("conns", "browser"):
     line += (f"{r['broker_rss_delta_per_conn_kib']:.2f} KiB RSS/conn, {r['handshakes_per_s']:,.0f} handshakes/s, "
              f"p99 {r['handshake']['p99_us'] / 1000:.1f} ms; loadgen {r['loadgen']['cpu_utilization']:.2f} cores, "
              f"other {r['host']['other_cores']:.2f}")

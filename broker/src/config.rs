@@ -120,11 +120,19 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_OUTBOX_SIZE", value_parser = parse_size, default_value = "1MiB")]
     pub outbox_size: usize,
 
-    /// Read size for HTTP requests and bodies. WebSocket reads adapt on
-    /// their own: 512 bytes while idle, doubling up to 256 KiB while reads
-    /// fill the buffer.
+    /// Size of each buffer of a shard's receive buffer ring: the most one
+    /// read delivers. Idle connections hold none.
     #[arg(long, env = "RINGCAST_READ_BUFFER", value_parser = parse_size, default_value = "4KiB")]
     pub read_buffer: usize,
+
+    /// Buffers in each shard's receive buffer ring (a power of two, at
+    /// most 32768): reads in flight at once across the shard's
+    /// connections. The ring's memory (this × --read-buffer) is touched as
+    /// soon as that many reads have arrived in one turn and stays
+    /// resident; a turn that needs more re-arms the rest after it (no
+    /// data lost, a little latency).
+    #[arg(long, env = "RINGCAST_RECV_BUFFERS", default_value_t = 256)]
+    pub recv_buffers: u16,
 
     /// Retained messages per topic, for `since` resume and polling.
     #[arg(long, env = "RINGCAST_HISTORY_MESSAGES", default_value_t = 100)]
@@ -496,6 +504,7 @@ impl Config {
             format!("max-headers = {}", self.max_headers),
             format!("outbox-size = {}", self.outbox_size),
             format!("read-buffer = {}", self.read_buffer),
+            format!("recv-buffers = {}", self.recv_buffers),
             format!("history-messages = {}", self.history_messages),
             format!("history-bytes = {}", self.history_bytes),
             format!("history-ttl = {}", d(self.history_ttl)),
@@ -604,6 +613,9 @@ impl Config {
         }
         if self.read_buffer < 512 {
             return Err("--read-buffer must be at least 512 bytes".into());
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            return Err("--recv-buffers must be a power of two up to 32768".into());
         }
         if self.max_frame_size > self.max_message_size {
             return Err("--max-frame-size must not exceed --max-message-size".into());
@@ -779,7 +791,11 @@ impl fmt::Display for Config {
         writeln!(f, "  max-head-size      {} bytes", self.max_head_size)?;
         writeln!(f, "  max-headers        {}", self.max_headers)?;
         writeln!(f, "  outbox-size        {} bytes", self.outbox_size)?;
-        writeln!(f, "  read-buffer        {} bytes", self.read_buffer)?;
+        writeln!(
+            f,
+            "  read-buffer        {} bytes x {} per shard",
+            self.read_buffer, self.recv_buffers
+        )?;
         writeln!(
             f,
             "  history-messages   {} per topic",

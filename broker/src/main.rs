@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let config = match Config::load() {
         Ok(c) => c,
         // --help and --version exit 0 through here; bad flags exit 2.
@@ -92,4 +93,21 @@ fn main() -> ExitCode {
     server.join();
     println!("ringcast stopped");
     ExitCode::SUCCESS
+}
+
+/// Transparent huge pages off for this process. mimalloc asks for them
+/// (`madvise`), so the heap grows in 2 MiB steps; a broker's memory is
+/// tens of thousands of small, long-lived connection records, and each
+/// step stands mostly untouched until enough connections arrive: about
+/// 1 KiB per idle connection at 10,000 connections, measured
+/// (docs/benchmarks.md, "Per-connection byte budget"). The TLB misses
+/// that huge pages would save are not where a push broker spends its
+/// time (the kernel's network stack is). Failure (an old kernel) is
+/// harmless: the heap just keeps its huge pages.
+fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a
+    // flag of the calling process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
 }

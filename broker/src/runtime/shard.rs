@@ -111,6 +111,7 @@ fn run(
     let loop_config = uring::Config {
         max_conns,
         buffer_size: config.read_buffer as u32,
+        buffers: config.recv_buffers,
         peer_addrs: shared.ip_limits().is_active(),
         ..uring::Config::default()
     };
