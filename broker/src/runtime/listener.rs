@@ -1,10 +1,10 @@
 //! One SO_REUSEPORT listener per shard, built with socket2.
 //!
 //! The kernel spreads incoming connections across the shards' listeners, so
-//! no accept lock or hand-off between threads exists. `tokio_uring`'s own
-//! `bind()` sets SO_REUSEPORT silently, which would let a second broker (or
-//! anything else with the option) share our port without an error; we build
-//! the sockets ourselves and probe first, so a busy port is a clear refusal.
+//! no accept lock or hand-off between threads exists. SO_REUSEPORT alone
+//! would let a second broker (or anything else with the option) share our
+//! port without an error, so we probe first without it: a busy port is a
+//! clear refusal.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
