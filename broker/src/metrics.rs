@@ -158,6 +158,45 @@ pub struct ShardMetrics {
     pub ip_refused: Counter,
     pub http_errors: [Counter; HTTP_REASONS.len()],
     pub close_codes: [Counter; CLOSE_CODES.len() + 1],
+    /// The completion loop's counters, by [`LOOP_EVENTS`].
+    pub loop_events: [Counter; LOOP_EVENTS.len()],
+}
+
+/// The completion loop's events in `/metrics` (`ringcast_loop_events_total`):
+/// what says whether its sizes fit the traffic.
+pub const LOOP_EVENTS: [&str; 7] = [
+    // A recv found the buffer ring empty (--recv-buffers too few for a
+    // turn's reads): re-armed after the turn, nothing lost.
+    "recv_buffers_exhausted",
+    // A connection took more than its burst of buffers in one turn.
+    "recv_throttled",
+    // Sends submitted; of them, plain sends (one buffer) and sends that
+    // wrote less than offered (a slow reader's full socket).
+    "sends",
+    "plain_sends",
+    "partial_sends",
+    // Wake-ups from other threads (mesh batches, shutdown).
+    "wakes",
+    // Accepts that failed (a full descriptor table, ...).
+    "accept_errors",
+];
+
+impl ShardMetrics {
+    /// Copies the loop's counters (after each turn).
+    pub fn loop_stats(&self, s: &crate::uring::Stats) {
+        let values = [
+            s.enobufs,
+            s.throttled,
+            s.sends,
+            s.plain_sends,
+            s.partial_sends,
+            s.wakes,
+            s.accept_errors,
+        ];
+        for (c, v) in self.loop_events.iter().zip(values) {
+            c.set(v);
+        }
+    }
 }
 
 impl ShardMetrics {
@@ -304,6 +343,20 @@ pub fn render(shards: &[ShardMetrics]) -> String {
                     m.slow_conflations.get().into(),
                 ),
             ]
+        },
+    );
+    family(
+        &mut out,
+        "ringcast_loop_events_total",
+        "counter",
+        "Completion-loop events: exhausted receive buffers (raise --recv-buffers if it climbs), throttled bursts, sends, wake-ups, failed accepts.",
+        shards,
+        |m| {
+            LOOP_EVENTS
+                .iter()
+                .zip(&m.loop_events)
+                .map(|(e, c)| (format!("event=\"{e}\""), c.get().into()))
+                .collect()
         },
     );
     family(

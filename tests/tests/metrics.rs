@@ -116,3 +116,47 @@ fn metrics_follow_the_traffic() {
         0
     );
 }
+
+/// A buffer ring too small for a turn's reads runs dry: every byte still
+/// arrives (the recvs are re-armed after the turn), and `/metrics` says
+/// so, which is how an operator learns to raise `--recv-buffers`.
+#[test]
+fn exhausted_receive_buffers_lose_nothing_and_are_counted() {
+    let broker = Broker::start(&[
+        "--shards",
+        "1",
+        "--recv-buffers",
+        "2",
+        "--read-buffer",
+        "512",
+    ]);
+    let mut clients: Vec<RawWs> = (0..4)
+        .map(|_| RawWs::connect(broker.addr, "/echo"))
+        .collect();
+    let payloads: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            (0..64 * 1024)
+                .map(|j| (j as u8).wrapping_mul(7) ^ i)
+                .collect()
+        })
+        .collect();
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        c.send_frame(true, OpCode::Binary, p);
+    }
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        let (fin, op, got) = c.read_frame().expect("the echo");
+        assert!(fin && op == OpCode::Binary);
+        assert!(
+            got == *p,
+            "a 64 KiB echo through two 512-byte buffers came back different"
+        );
+    }
+    let m = scrape(&broker);
+    let exhausted = metric_sum_in(
+        &m,
+        "ringcast_loop_events_total",
+        "event=\"recv_buffers_exhausted\"",
+    );
+    assert!(exhausted > 0, "{m}");
+    assert!(metric_sum_in(&m, "ringcast_loop_events_total", "event=\"sends\"") > 0);
+}

@@ -156,6 +156,7 @@ fn run(
             next_sweep = now + period;
         }
         let timed = sweep || lp.handler().deadline().is_some_and(|t| now >= t);
+        shared.metrics()[id].loop_stats(&lp.stats());
         lp.with_handler(|h, ops| {
             if timed {
                 h.timers(ops, now, sweep);
