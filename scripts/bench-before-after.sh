@@ -104,21 +104,10 @@ cmdline=${BENCH_COMMAND:-$cmdline}
 started_at=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 t0=$SECONDS
 
-mkdir -p "$OUT"
-: >"$OUT/results.jsonl"
-: >"$OUT/progress.log"
-log() { echo "$*" | tee -a "$OUT/progress.log" >&2; }
-
-# A RINGCAST_* variable (or RINGCAST_CONFIG file) in the caller's
-# environment would configure both brokers behind the script's back.
-while read -r v; do
-  log "unsetting $v for the brokers"
-  unset "$v"
-done < <(env | sed -n 's/^\(RINGCAST_[A-Z0-9_]*\)=.*/\1/p')
-
+. "$(dirname "$0")/lib/bench-out.sh"
 # Both processes need a descriptor per connection (+ a few): the loadgen
 # raises its own soft limit to the hard one; the broker inherits ours.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+bench_out_init brokers
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNS + 100)) ]; then
   log "warning: ulimit -n is $(ulimit -n), below CONNS=$CONNS + 100"
 fi

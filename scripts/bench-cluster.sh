@@ -146,16 +146,8 @@ cmdline=${cmdline% }
 started_at=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 t0=$SECONDS
 
-mkdir -p "$OUT"
-: >"$OUT/results.jsonl"
-: >"$OUT/progress.log"
-log() { echo "$*" | tee -a "$OUT/progress.log" >&2; }
-
-while read -r v; do
-  log "unsetting $v for the nodes"
-  unset "$v"
-done < <(env | sed -n 's/^\(RINGCAST_[A-Z0-9_]*\)=.*/\1/p')
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+. "$(dirname "$0")/lib/bench-out.sh"
+bench_out_init nodes
 
 secs() {
   local d=$1
