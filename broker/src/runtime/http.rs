@@ -53,7 +53,7 @@ impl Serve {
                     let over_limit = c.over_limit;
                     match parser.parse(&buf, head_limits) {
                         Ok(Some((req, _))) if over_limit => {
-                            self.overloaded(ops, id, &req);
+                            self.overloaded(ops, id, Some(&req));
                             buf.clear();
                             return buf;
                         }
@@ -63,9 +63,7 @@ impl Serve {
                         }
                         Ok(None) => return buf,
                         Err(_) if over_limit => {
-                            let req_less = HttpError::Overloaded;
-                            self.metrics().http_error(req_less);
-                            self.queue_response(ops, id, req_less.to_response(), false);
+                            self.overloaded(ops, id, None);
                             buf.clear();
                             return buf;
                         }
@@ -444,14 +442,17 @@ impl Serve {
 
     /// A connection past `--max-connections`: its one request is answered
     /// `/healthz` as usual (a load balancer must not take a busy broker
-    /// for a dead one) and `503` otherwise, then it closes.
-    pub(super) fn overloaded(&mut self, ops: &mut Ops<'_>, id: ConnId, req: &Request) {
-        let health = matches!(req.method.as_str(), "GET" | "HEAD")
-            && req.path() == "/healthz"
-            && req.check_host().is_ok()
-            && req.body_framing() == Ok(ringcast_proto::http::BodyFraming::None);
+    /// for a dead one) and `503` otherwise (also when its head was bad:
+    /// `None`), then it closes.
+    fn overloaded(&mut self, ops: &mut Ops<'_>, id: ConnId, req: Option<&Request>) {
+        let health = req.is_some_and(|req| {
+            matches!(req.method.as_str(), "GET" | "HEAD")
+                && req.path() == "/healthz"
+                && req.check_host().is_ok()
+                && req.body_framing() == Ok(ringcast_proto::http::BodyFraming::None)
+        });
         if let Some(c) = self.conn(id) {
-            c.head = req.method == "HEAD";
+            c.head = req.is_some_and(|req| req.method == "HEAD");
         }
         if health {
             self.healthz(ops, id, false)

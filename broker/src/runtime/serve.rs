@@ -223,14 +223,18 @@ impl Serve {
         };
         loop {
             let state = self.engine.take_batch(session, &mut self.batch, BATCH);
-            if self.batch.is_empty() {
+            // Fewer than asked: the outbox is drained (no second call per
+            // wake-up, which is once per delivery on a fan-out).
+            let drained = self.batch.len() < BATCH;
+            for b in self.batch.drain(..) {
+                ops.send(id, b);
+            }
+            if drained {
                 if state != OutState::Open {
+                    // After what was just queued.
                     ops.close(id);
                 }
                 return;
-            }
-            for b in self.batch.drain(..) {
-                ops.send(id, b);
             }
         }
     }
