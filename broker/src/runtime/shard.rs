@@ -131,8 +131,10 @@ fn run(
     if id == 0 {
         info!(ring = %lp.info(), "shards on the completion loop");
     }
-    let _ = started.send(Ok(lp.waker()));
+    // Ready before `start` hears of it: once it returns (and the broker
+    // says it listens), `/healthz` must not answer "starting".
     shared.shard_ready();
+    let _ = started.send(Ok(lp.waker()));
     let period = sweep_period(&config);
     let mut next_sweep = Instant::now() + period;
     let mut grace_end: Option<Instant> = None;
